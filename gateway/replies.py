@@ -1,0 +1,123 @@
+"""The reply pump: ONE loop drains every reply channel of this process into the listeners."""
+
+import asyncio
+
+from twisted.logger import Logger
+
+from gateway.layers import has_prefix_receive
+from gateway.messages import BadReply, validate_send
+from listeners.base import BadRoute
+
+log = Logger()
+_RETRY_DELAY = 1.0
+_FLUSH_WAIT = 0.05  # how long stop() waits for one more queued send_channel message
+
+
+class ReplyPump:
+    """Routes `udp.send` messages from `udp.send.<id>!<token>` and send_channels to listeners.
+
+    With a layer that receives a whole `!` prefix at once (ours, channels_redis)
+    one receive loop serves every client. Other layers get one receive per
+    live token, bounded by the token table's cap.
+    """
+
+    def __init__(self, layer, prefix, tokens, listeners, send_channels, *, counters, quiet):
+        self.layer = layer
+        self.prefix = prefix
+        self.tokens = tokens
+        self.listeners = listeners          # name -> listener
+        self.send_channels = send_channels  # channel -> listener
+        self.counters = counters
+        self.quiet = quiet
+        self.prefix_receive = has_prefix_receive(layer)
+        self._loops = []
+        self._watchers = {}
+
+    def start(self):
+        if self.prefix_receive:
+            self._loops.append(asyncio.ensure_future(self._loop(self._receive_prefixed)))
+        else:
+            log.info("the channel layer cannot receive a whole reply prefix: one receive per "
+                     "live reply channel (costs more per client)")
+        for channel, listener in self.send_channels.items():
+            self._loops.append(asyncio.ensure_future(self._loop(self._receiver(channel))))
+
+    def stop(self):
+        for task in self._loops + list(self._watchers.values()):
+            task.cancel()
+        self._loops, self._watchers = [], {}
+
+    # -- receiving -------------------------------------------------------
+    async def _receive_prefixed(self):
+        return await self.layer.receive_single(self.prefix)
+
+    def _receiver(self, channel):
+        async def receive():
+            return channel, await self.layer.receive(channel)
+        return receive
+
+    async def _loop(self, receive):
+        while True:
+            try:
+                channel, message = await receive()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.counters.incr("layer_errors")
+                self.quiet.warn("pump-receive", "receiving replies failed: {err!r}", err=exc)
+                await asyncio.sleep(_RETRY_DELAY)
+                continue
+            self.handle(channel, message)
+
+    def watch(self, token):
+        """Layers without prefix receive: start a receive for a new reply channel."""
+        if self.prefix_receive or token in self._watchers:
+            return
+        self._watchers[token] = asyncio.ensure_future(self._loop(self._receiver(self.prefix + token)))
+
+    def unwatch(self, token):
+        task = self._watchers.pop(token, None)
+        if task is not None:
+            task.cancel()
+
+    async def flush(self):
+        """Write what is still queued (replies, SSDP byebye on send_channels) before the ports close."""
+        receivers = [self._receiver(c) for c in self.send_channels]
+        if self.prefix_receive:
+            receivers.append(self._receive_prefixed)
+        for receive in receivers:
+            for _ in range(10000):  # bounded: a stop must end
+                try:
+                    channel, message = await asyncio.wait_for(receive(), _FLUSH_WAIT)
+                except Exception:
+                    break
+                self.handle(channel, message)
+
+    # -- routing ---------------------------------------------------------
+    def handle(self, channel, message):
+        """Send one message to its listener, or drop it with a counted reason."""
+        try:
+            sent = self._route(channel, message)
+        except (BadReply, BadRoute) as exc:
+            self.counters.incr(f"dropped_{exc.reason}")
+            self.quiet.warn(f"drop-{exc.reason}", "dropped a reply on {channel}: {why}",
+                            channel=channel[:100], why=exc)
+            return
+        if sent:
+            self.counters.incr("replied")
+
+    def _route(self, channel, message):
+        if channel in self.send_channels:
+            listener = self.send_channels[channel]
+            data, _multicast = validate_send(message, version=listener.send_version())
+            return listener.announce(data)
+        token = channel[len(self.prefix):] if channel.startswith(self.prefix) else None
+        entry = self.tokens.lookup(token) if token else None
+        if entry is None:
+            raise BadReply("unknown_token", "unknown or expired reply channel")
+        name, version, route = entry
+        data, multicast = validate_send(message, version=version)
+        listener = self.listeners.get(name)
+        if listener is None or not listener.running:
+            raise BadReply("unknown_token", f"listener {name} is stopped")
+        return listener.send_reply(route, data, multicast)

@@ -1,0 +1,141 @@
+"""Run the ASGI application for each message of the listeners' channels, bounded in concurrency."""
+
+import asyncio
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.messages import SEND_TYPE
+
+log = Logger()
+_RETRY_DELAY = 1.0  # after a failed layer receive (Redis down), before trying again
+
+
+class _Instance:
+    """One application call: its message, its own task, and whether it ended itself."""
+
+    def __init__(self, message):
+        self.message = message
+        self.task = None
+        self.delivered = False
+        self.ended = False
+
+    async def receive(self):
+        if not self.delivered:
+            self.delivered = True
+            return self.message
+        # A second receive() ends the instance: one message per instance.
+        self.ended = True
+        self.task.cancel()
+        await asyncio.Future()
+
+
+class AppRunner:
+    """Consumes channels from a layer and calls `app(scope, receive, send)` per message.
+
+    `reserve=True` is the in-process memory-layer mode: the gateway reserves a
+    slot before it sends a datagram to the layer and drops it when none is
+    free, so nothing queues in front of the application. Otherwise each
+    receive loop takes a slot before receiving, so a busy process stops
+    receiving and other workers take the load.
+    """
+
+    def __init__(self, app, layer, channels, *, max_concurrency, counters, quiet, reserve=False):
+        self.app = app
+        self.layer = layer
+        self.channels = list(dict.fromkeys(channels))
+        self.max_concurrency = max_concurrency
+        self.counters = counters
+        self.quiet = quiet
+        self.reserve_mode = reserve
+        self._reserved = 0
+        self._slots = None
+        self._loops = []
+        self._instances = set()
+
+    @property
+    def active(self):
+        return len(self._instances)
+
+    def try_reserve(self):
+        """Take a slot for a message about to be sent to the layer (memory mode)."""
+        if self._reserved + len(self._instances) >= self.max_concurrency:
+            return False
+        self._reserved += 1
+        return True
+
+    def unreserve(self):
+        self._reserved = max(0, self._reserved - 1)
+
+    def start(self):
+        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._loops = [asyncio.ensure_future(self._receive_loop(c)) for c in self.channels]
+
+    def stop_receiving(self):
+        for loop in self._loops:
+            loop.cancel()
+        self._loops = []
+
+    async def drain(self, timeout):
+        """Wait up to `timeout` seconds for in-flight calls, then cancel the rest."""
+        pending = [i.task for i in self._instances]
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warn("cancelled {n} application calls still running after {t}s", n=len(late), t=timeout)
+                await asyncio.wait(late, timeout=1)
+
+    async def _receive_loop(self, channel):
+        while True:
+            if not self.reserve_mode:
+                await self._slots.acquire()
+            try:
+                message = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                self._release_slot()
+                raise
+            except Exception as exc:
+                self._release_slot()
+                self.counters.incr("layer_errors")
+                self.quiet.warn(f"receive-{channel}", "receiving from {channel} failed: {err!r}",
+                                channel=channel, err=exc)
+                await asyncio.sleep(_RETRY_DELAY)
+                continue
+            if self.reserve_mode:
+                self.unreserve()
+            self.spawn(channel, message)
+
+    def _release_slot(self):
+        if not self.reserve_mode:
+            self._slots.release()
+
+    def spawn(self, channel, message):
+        """Start one application instance for `message`."""
+        scope = {"type": "channel", "channel": channel, "channel_layer": self.layer}
+        instance = _Instance(message)
+        instance.task = asyncio.ensure_future(self._call(scope, instance))
+        self._instances.add(instance)
+        instance.task.add_done_callback(lambda task: self._finished(instance, task))
+
+    async def _call(self, scope, instance):
+        async def send(reply):
+            # ASGI-style convenience: a udp.send through `send` answers this message.
+            if not isinstance(reply, dict) or reply.get("type") != SEND_TYPE:
+                raise ValueError(f"send() takes udp.send messages, not {reply!r:.80}")
+            await self.layer.send(instance.message["reply_channel"], reply)
+
+        await self.app(scope, instance.receive, send)
+
+    def _finished(self, instance, task):
+        self._instances.discard(instance)
+        self._release_slot()
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.counters.incr("app_errors")
+            log.failure("application raised on a message from {channel}",
+                        failure=Failure(exc, type(exc), exc.__traceback__),
+                        channel=instance.message.get("listener", "?") if isinstance(instance.message, dict) else "?")

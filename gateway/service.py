@@ -1,0 +1,177 @@
+"""GatewayService: wires layer, listeners, tokens, pump and runner, and orders start and stop."""
+
+import asyncio
+import signal
+
+from twisted.application import service
+from twisted.internet import defer, error
+from twisted.logger import Logger
+
+from gateway import health, layers
+from gateway.delivery import Delivery
+from gateway.lifespan import Lifespan
+from gateway.messages import reply_prefix
+from gateway.replies import ReplyPump
+from gateway.runner import AppRunner
+from gateway.stats import CounterReporter, Counters, QuietLog
+from gateway.tokens import TokenTable
+from listeners import KINDS
+
+log = Logger()
+DRAIN_TIMEOUT = 5.0     # seconds in-flight application calls get at stop
+REPORT_INTERVAL = 60.0  # seconds between counter summary lines (when they changed)
+
+
+def install_stop_handlers(reactor):
+    """SIGTERM/SIGINT stop the reactor cleanly, so the process exits 0."""
+
+    def stop(signum, frame):
+        log.info("received {sig}, stopping", sig=signal.Signals(signum).name)
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+class StartupError(Exception):
+    """The gateway cannot start; the message is the one line to show."""
+
+
+class GatewayService(service.Service):
+    """The whole gateway process as one Twisted service.
+
+    `started` fires when datagrams are being delivered; `stopService()`
+    returns one Deferred covering design.md's whole stop sequence.
+    """
+
+    def __init__(self, config, *, reactor, app=None, on_fatal=None, signals=False):
+        self.config = config
+        self.app = app
+        self.counters = Counters()
+        self.quiet = QuietLog(clock=reactor)
+        self.started = None
+        self._reactor = reactor
+        self._on_fatal = on_fatal
+        self._signals = signals
+        self.layer = self.runner = self.pump = self.delivery = self.lifespan = None
+        self.listeners = {}
+        self._reporter = CounterReporter(self.counters, log, interval=REPORT_INTERVAL, clock=reactor)
+        self._stopping = None
+
+    # -- start -----------------------------------------------------------
+    def startService(self):
+        service.Service.startService(self)
+        if self._signals:
+            # After the reactor's own handlers, which make twistd exit -15.
+            self._reactor.callWhenRunning(install_stop_handlers, self._reactor)
+        self.started = defer.Deferred.fromFuture(asyncio.ensure_future(self._start()))
+        if self._on_fatal is not None:
+            self.started.addErrback(self._fatal)
+
+    async def _start(self):
+        limits = self.config.limits
+        self.layer = layers.BoundedLayer(self._make_layer(), limits.max_layer_sends)
+        await health.check_reachable(self.layer.inner)
+        prefix = reply_prefix(layers.gateway_id(self.layer.inner))
+        self.tokens = TokenTable(max_entries=limits.max_reply_channels, ttl=limits.reply_ttl,
+                                 clock=self._reactor, on_forget=self._forget_token)
+        self._make_runner()
+        self.delivery = Delivery(
+            self.layer, self.tokens, prefix, {l.name: l.channel for l in self.config.listeners},
+            senders=limits.max_layer_sends, counters=self.counters, quiet=self.quiet,
+            runner=self.runner if self.runner and self.runner.reserve_mode else None,
+            on_token=self._new_token,
+        )
+        self._bind_listeners()
+        send_channels = {l.send_channel: self.listeners[l.name] for l in self.config.listeners if l.send_channel}
+        self.pump = ReplyPump(self.layer, prefix, self.tokens, self.listeners, send_channels,
+                              counters=self.counters, quiet=self.quiet)
+        self.pump.start()
+        self.delivery.start()
+        if self.app is not None:
+            self.lifespan = Lifespan(self.app, self.layer)
+            await self.lifespan.startup()
+            self.runner.start()
+        self.delivery.ready = True
+        self._reporter.start()
+        log.info("udpgateway ready: {n} listener(s), reply channels {prefix}*", n=len(self.listeners), prefix=prefix)
+
+    def _make_layer(self):
+        layer_config = dict(self.config.channel_layer.config)
+        if self.config.channel_layer.backend == "memory":
+            # Nothing queues in front of the app: udp.receive never holds more
+            # than max_concurrency reserved messages.
+            layer_config.setdefault("capacity", max(100, self.config.limits.max_concurrency))
+        return layers.make_layer(self.config.channel_layer.backend, layer_config)
+
+    def _make_runner(self):
+        if self.app is None:
+            return
+        channels = [l.channel for l in self.config.listeners]
+        self.runner = AppRunner(
+            self.app, self.layer, channels, max_concurrency=self.config.limits.max_concurrency,
+            counters=self.counters, quiet=self.quiet, reserve=self.config.channel_layer.backend == "memory",
+        )
+
+    def _bind_listeners(self):
+        for listener_config in self.config.listeners:
+            kind = KINDS[listener_config.type]
+            kwargs = dict(sink=self.delivery, reactor=self._reactor, counters=self.counters, quiet=self.quiet)
+            if listener_config.type == "multicast":
+                kwargs["poll_interval"] = self.config.limits.interface_poll
+            listener = kind(listener_config, **kwargs)
+            try:
+                listener.startService()
+            except error.CannotListenError as exc:
+                raise StartupError(f"listener {listener.name}: cannot bind {exc.interface or '*'}:{exc.port}: "
+                                   f"{exc.socketError}") from None
+            except (OSError, RuntimeError) as exc:
+                raise StartupError(f"listener {listener.name}: {exc}") from None
+            finally:
+                if listener.running:
+                    self.listeners[listener.name] = listener
+
+    def _new_token(self, token):
+        if self.pump is not None:
+            self.pump.watch(token)
+
+    def _forget_token(self, token):
+        if self.pump is not None:
+            self.pump.unwatch(token)
+
+    def _fatal(self, failure):
+        exc = failure.value
+        line = str(exc) if isinstance(exc, (StartupError, health.LayerUnreachable)) else None
+        if line is None and type(exc).__name__ == "LifespanFailure":
+            line = f"lifespan startup failed: {exc}"
+        if line is None:
+            log.failure("udpgateway failed to start", failure=failure)
+            line = f"udpgateway failed to start: {exc!r}"
+        self._on_fatal(line)
+
+    # -- stop ------------------------------------------------------------
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._stopping is None:
+            self._stopping = defer.Deferred.fromFuture(asyncio.ensure_future(self._stop()))
+        return self._stopping
+
+    async def _stop(self):
+        if self.delivery is not None:
+            self.delivery.ready = False
+        if self.runner is not None:
+            self.runner.stop_receiving()
+            await self.runner.drain(DRAIN_TIMEOUT)
+        if self.lifespan is not None:
+            await self.lifespan.shutdown()
+        if self.delivery is not None:
+            await self.delivery.stop()
+        if self.pump is not None:
+            self.pump.stop()
+            await self.pump.flush()
+        for listener in list(self.listeners.values()):
+            await health.as_future(listener.stopService())
+        self.listeners = {}
+        self._reporter.stop()
+        if self.layer is not None:
+            await health.close_layer(self.layer.inner)

@@ -1,0 +1,319 @@
+"""Listener base: a UDP port that reads with recvmsg/pktinfo, and the service owning its ports."""
+
+import errno
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from twisted.application import service
+from twisted.internet import defer, error, protocol, udp
+from twisted.logger import Logger
+
+from listeners import sockopts
+
+MAX_PACKET = 65535  # Twisted's default of 8192 silently truncates larger datagrams.
+_READ_IGNORE = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EMSGSIZE, errno.ENOBUFS, errno.ENOMEM}
+_READ_REFUSE = {errno.ECONNREFUSED}
+
+log = Logger()
+
+
+class BadRoute(ValueError):
+    """A reply this listener cannot send; `reason` names the drop counter."""
+
+    def __init__(self, reason, detail):
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a reply to one client leaves: which port, to where, from where."""
+
+    port: int
+    address: tuple
+    source: str | None = None
+    ifindex: int = 0
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """One received datagram, as the listener saw it."""
+
+    listener: str
+    data: bytes
+    client: tuple
+    server: tuple
+    interface: str | None
+    route: Route
+    version: int
+
+
+def interface_name(ifindex):
+    """The interface name of an index, or None."""
+    if not ifindex:
+        return None
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return None
+
+
+def display_address(address):
+    """(host, port) of a raw socket address, keeping an IPv6 scope as %name."""
+    host, port = address[0], address[1]
+    if len(address) > 3 and address[3] and "%" not in host:
+        host = f"{host}%{interface_name(address[3]) or address[3]}"
+    return (host, port)
+
+
+def is_multicast(address):
+    return address is not None and ipaddress.ip_address(address.split("%", 1)[0]).is_multicast
+
+
+class _PortMixin:
+    """Socket options before bind, recvmsg with pktinfo, and sends with a chosen source."""
+
+    reuse_port = False
+    pktinfo = False
+    multicast_socket = False
+
+    def createInternetSocket(self):
+        skt = super().createInternetSocket()
+        if self.addressFamily == socket.AF_INET6:
+            skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if self.reuse_port:
+            skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self.multicast_socket:
+            _configure_multicast_socket(skt, self.addressFamily)
+        if self.pktinfo:
+            if self.addressFamily == socket.AF_INET6:
+                skt.setsockopt(socket.IPPROTO_IPV6, sockopts.IPV6_RECVPKTINFO, 1)
+            else:
+                skt.setsockopt(socket.IPPROTO_IP, sockopts.IP_PKTINFO, 1)
+        return skt
+
+    def doRead(self):
+        """Read what is ready; like udp.Port.doRead but keeps scope ids and pktinfo."""
+        read = 0
+        space = sockopts.ancillary_space()
+        while read < self.maxThroughput:
+            try:
+                if self.pktinfo:
+                    data, ancdata, _flags, addr = self.socket.recvmsg(self.maxPacketSize, space)
+                else:
+                    (data, addr), ancdata = self.socket.recvfrom(self.maxPacketSize), ()
+            except OSError as se:
+                if se.args[0] in _READ_IGNORE:
+                    return
+                if se.args[0] in _READ_REFUSE:
+                    if self._connectedAddr:
+                        self.protocol.connectionRefused()
+                    return
+                raise
+            read += max(len(data), 64)
+            dst, ifindex, spec_dst = sockopts.parse_pktinfo(ancdata)
+            try:
+                self.protocol.packet_received(data, addr, dst, ifindex, spec_dst)
+            except Exception:
+                log.failure("listener failed to handle a datagram")
+
+    def send_datagram(self, data, address=None, *, source=None, ifindex=0):
+        """Send one datagram; pktinfo picks the source address and interface."""
+        if self._connectedAddr:
+            return self.socket.send(data)
+        if source is None and not ifindex:
+            return self.socket.sendto(data, address)
+        if self.addressFamily == socket.AF_INET6:
+            info = (socket.IPPROTO_IPV6, sockopts.IPV6_PKTINFO, sockopts.in6_pktinfo(ifindex, source or "::"))
+        else:
+            info = (socket.IPPROTO_IP, sockopts.IP_PKTINFO, sockopts.in_pktinfo(ifindex, source or "0.0.0.0"))
+        return self.socket.sendmsg([data], [info], 0, address)
+
+
+def _configure_multicast_socket(skt, family):
+    """Share the port with SO_REUSEADDR only, and receive only joined groups."""
+    # SO_REUSEPORT (set by listenMultiple) makes Linux hand each multicast
+    # datagram to ONE socket of the port, chosen by hash: clear it.
+    skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+    try:
+        # Linux delivers every group joined by anyone on the port unless
+        # IP_MULTICAST_ALL / IPV6_MULTICAST_ALL are off (ip(7), ipv6(7)).
+        if family == socket.AF_INET6:
+            skt.setsockopt(socket.IPPROTO_IPV6, sockopts.IPV6_MULTICAST_ALL, 0)
+        else:
+            skt.setsockopt(socket.IPPROTO_IP, sockopts.IP_MULTICAST_ALL, 0)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
+            raise
+        log.warn("this platform cannot restrict a socket to its own groups ({err})", err=exc)
+
+
+class GatewayPort(_PortMixin, udp.Port):
+    """A unicast UDP port of a listener."""
+
+
+class GatewayMulticastPort(_PortMixin, udp.MulticastPort):
+    """A multicast UDP port of a listener (SO_REUSEADDR without SO_REUSEPORT)."""
+
+    multicast_socket = True
+    pktinfo = True
+
+
+class _PortProtocol(protocol.DatagramProtocol):
+    """Hands datagrams of one port to its listener."""
+
+    noisy = False
+
+    def __init__(self, listener, index):
+        self._listener = listener
+        self._index = index
+
+    def packet_received(self, data, addr, dst, ifindex, spec_dst):
+        self._listener.packet_received(self._index, data, addr, dst, ifindex, spec_dst)
+
+    def datagramReceived(self, data, addr):
+        self.packet_received(data, addr, None, None, None)
+
+    def connectionRefused(self):
+        self._listener.connection_refused()
+
+
+class BaseListener(service.Service):
+    """One configured listener: binds its ports, hands datagrams to `sink`, sends replies."""
+
+    kind = ""
+    port_class = GatewayPort
+
+    def __init__(self, config, *, sink, reactor, counters, quiet):
+        self.config = config
+        self.name = config.name
+        self._sink = sink
+        self._reactor = reactor
+        self.counters = counters
+        self.quiet = quiet
+        self.ports = []
+
+    # -- lifecycle -------------------------------------------------------
+    def startService(self):
+        """Bind every port now; raises CannotListenError on failure."""
+        service.Service.startService(self)
+        try:
+            for index, host in enumerate(self.bind_addresses()):
+                port = self.make_port(host, index)
+                port.startListening()
+                self.ports.append(port)
+                self.port_started(port)
+                self.log_port(port)
+        except Exception:
+            self._close_ports()
+            raise
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return self._close_ports()
+
+    def _close_ports(self):
+        ports, self.ports = self.ports, []
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+    def make_port(self, host, index):
+        port = self.port_class(self.config.port, _PortProtocol(self, index), host, MAX_PACKET, self._reactor)
+        port.reuse_port = self.config.reuse_port
+        port.pktinfo = _is_wildcard(host)
+        return port
+
+    def port_started(self, port):
+        """Hook for per-socket setup after bind."""
+
+    def log_port(self, port):
+        host = port.getHost()
+        log.info(
+            "listener {name} ({kind}) on {host}:{port} -> {channel}",
+            name=self.name, kind=self.kind, host=_bracket(host.host), port=host.port,
+            channel=self.config.channel,
+        )
+
+    def bind_addresses(self):
+        return list(self.config.bind)
+
+    def addresses(self):
+        """The real (host, port) of every bound socket."""
+        return [(p.getHost().host, p.getHost().port) for p in self.ports]
+
+    # -- receiving -------------------------------------------------------
+    def packet_received(self, index, data, addr, dst, ifindex, spec_dst):
+        port = self.ports[index]
+        host = port.getHost()
+        server = (dst or self.default_server(host.host), host.port)
+        route = self.make_route(index, addr, dst, ifindex, spec_dst)
+        interface = interface_name(ifindex) or self.default_interface()
+        version = 6 if port.addressFamily == socket.AF_INET6 else 4
+        self._sink(Datagram(self.name, data, display_address(addr), server, interface, route, version))
+
+    def default_server(self, bound_host):
+        return bound_host
+
+    def default_interface(self):
+        return self.config.bind_interface
+
+    def make_route(self, index, addr, dst, ifindex, spec_dst):
+        """Reply from the address the request was sent to (pktinfo), where known."""
+        if dst is None:
+            return Route(index, addr)
+        if ":" not in dst:
+            return Route(index, addr, spec_dst, ifindex if is_multicast(dst) else 0,
+                         dst if is_multicast(dst) else None)
+        if is_multicast(dst):
+            return Route(index, addr, None, ifindex or 0, dst)
+        link_local = ipaddress.ip_address(dst).is_link_local
+        return Route(index, addr, dst, ifindex if link_local else 0)
+
+    def connection_refused(self):
+        self.counters.incr("connection_refused")
+        self.quiet.warn("refused", "listener {name}: the peer refused a datagram (ICMP port unreachable)", name=self.name)
+
+    # -- sending ---------------------------------------------------------
+    def send_reply(self, route, data, multicast=False):
+        """Write a reply to the client of `route`; False if it could not leave."""
+        if multicast:
+            raise BadRoute("bad_message", f"listener {self.name} ({self.kind}) cannot send multicast replies")
+        if route.port >= len(self.ports):
+            raise BadRoute("unknown_token", "the listener's port is closed")
+        return self.write(self.ports[route.port], data, route.address, source=route.source, ifindex=route.ifindex)
+
+    def send_version(self):
+        """The IP version whose size limit applies to send_channel messages."""
+        return 4 if any(p.addressFamily == socket.AF_INET for p in self.ports) else 6
+
+    def announce(self, data):
+        """Write a send_channel message (connected and multicast listeners)."""
+        raise BadRoute("bad_message", f"listener {self.name} has no send_channel target")
+
+    def write(self, port, data, address, *, source=None, ifindex=0):
+        try:
+            port.send_datagram(data, address, source=source, ifindex=ifindex)
+            return True
+        except OSError as exc:
+            if exc.errno == errno.ECONNREFUSED and port._connectedAddr:
+                self.connection_refused()
+                return False
+            name = errno.errorcode.get(exc.errno, str(exc.errno))
+            self.counters.incr("dropped_send_failed")
+            self.quiet.warn(f"send-{name}", "listener {name}: a datagram could not be sent ({err})",
+                            name=self.name, err=exc)
+            return False
+        except error.MessageLengthError:
+            self.counters.incr("dropped_too_large")
+            return False
+
+
+def _is_wildcard(host):
+    return host in ("", "0.0.0.0", "::")
+
+
+def _bracket(host):
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,203 @@
+"""Multicast UDP: one wildcard socket per family, every group joined on every interface by index."""
+
+import errno
+import socket
+
+from twisted.internet import task
+
+from gateway import interfaces as ifaces
+from listeners import sockopts
+from listeners.base import BadRoute, BaseListener, GatewayMulticastPort, MAX_PACKET, _PortProtocol, log
+
+# What a failed join usually means, as one line an operator can act on.
+_JOIN_ERRORS = {
+    errno.ENODEV: "the interface no longer exists",
+    errno.EADDRNOTAVAIL: "the interface is down or has no address of this family",
+    errno.ENOBUFS: "too many memberships: raise net.ipv4.igmp_max_memberships (or igmp_max_msf for sources) with sysctl",
+    errno.EINVAL: "the kernel refused the group or interface (is multicast enabled on it?)",
+    errno.ENOPROTOOPT: "this kernel lacks the socket option (source-specific multicast?)",
+    errno.EPERM: "not permitted on this interface",
+}
+_FAMILIES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+
+
+class MulticastListener(BaseListener):
+    """Joins its groups on each interface, follows interfaces that come and go, sends to groups."""
+
+    kind = "multicast"
+
+    def __init__(self, config, *, sink, reactor, counters, quiet, poll_interval=5.0):
+        super().__init__(config, sink=sink, reactor=reactor, counters=counters, quiet=quiet)
+        self._groups = {f: [g for g in config.groups if sockopts.family_of(g) == f] for f in _FAMILIES}
+        self._sources = {f: [s for s in config.sources if sockopts.family_of(s) == f] for f in _FAMILIES}
+        self._joined = {f: {} for f in _FAMILIES}  # family -> {ifindex: Interface}
+        self._poll_interval = poll_interval
+        self._poller = None
+
+    # -- sockets ---------------------------------------------------------
+    def bind_addresses(self):
+        return [host for host, f in (("0.0.0.0", socket.AF_INET), ("::", socket.AF_INET6)) if self._groups[f]]
+
+    def make_port(self, host, index):
+        proto = _PortProtocol(self, index)
+        return GatewayMulticastPort(self.config.port, proto, host, MAX_PACKET, self._reactor, listenMultiple=True)
+
+    def port_started(self, port):
+        skt, ttl, loop = port.socket, self.config.ttl, int(self.config.loopback)
+        if port.addressFamily == socket.AF_INET6:
+            skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
+            skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, max(ttl, 1))
+            skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, loop)
+        else:
+            skt.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+            skt.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, max(ttl, 1))
+            skt.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, loop)
+
+    def startService(self):
+        super().startService()
+        try:
+            self.sync_memberships(initial=True)
+        except Exception:
+            self._close_ports()
+            raise
+        self._poller = task.LoopingCall(self.sync_memberships)
+        self._poller.clock = self._reactor
+        self._poller.start(self._poll_interval, now=False)
+
+    def stopService(self):
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+        self._poller = None
+        return super().stopService()
+
+    def _port_of(self, family):
+        for port in self.ports:
+            if port.addressFamily == family:
+                return port
+        return None
+
+    # -- memberships -----------------------------------------------------
+    def wanted_interfaces(self, family):
+        """{ifindex: Interface} this listener should be joined on now, for one family."""
+        found = ifaces.list_interfaces()
+        if not self.config.interfaces:
+            chosen = ifaces.default_multicast_interfaces(family, found)
+        else:
+            chosen = [ifaces.find_interface(spec, found) for spec in self.config.interfaces]
+            attr = "ipv6" if family == socket.AF_INET6 else "ipv4"
+            chosen = [i for i in chosen if i is not None and getattr(i, attr)]
+        return {i.index: i for i in chosen}
+
+    def sync_memberships(self, initial=False):
+        """Join on interfaces that appeared (or got a new index), forget those that left."""
+        for family, groups in self._groups.items():
+            port = self._port_of(family)
+            if not groups or port is None:
+                continue
+            wanted, joined = self.wanted_interfaces(family), self._joined[family]
+            for index in [i for i in joined if i not in wanted]:
+                self._leave(port, joined.pop(index))
+            for index, iface in wanted.items():
+                if index not in joined and self._join(port, iface):
+                    joined[index] = iface
+        if initial:
+            self._log_joins()
+
+    def _log_joins(self):
+        total = sum(len(j) for j in self._joined.values())
+        if not total:
+            raise RuntimeError(f"listener {self.name}: joined no group on any interface")
+        for family, joined in self._joined.items():
+            if self._groups[family]:
+                names = ", ".join(sorted(i.name for i in joined.values())) or "no interface"
+                log.info("listener {name}: {groups} joined on {names}", name=self.name,
+                         groups=" ".join(self._groups[family]), names=names)
+
+    def _join(self, port, iface):
+        """Join every group of the port's family on one interface; False if none joined."""
+        family, ok = port.addressFamily, False
+        for group in self._groups[family]:
+            try:
+                self._membership(port.socket, family, group, iface.index, join=True)
+                ok = True
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    ok = True
+                    continue
+                hint = _JOIN_ERRORS.get(exc.errno)
+                if hint is None:
+                    raise
+                log.warn("listener {name}: cannot join {group} on {iface}: {hint} ({err})",
+                         name=self.name, group=group, iface=iface.name, hint=hint, err=exc.strerror)
+        if ok and self.running:
+            log.info("listener {name}: joined {fam} groups on {iface} (index {index})", name=self.name,
+                     fam=_FAMILIES[family], iface=iface.name, index=iface.index)
+        return ok
+
+    def _leave(self, port, iface):
+        for group in self._groups[port.addressFamily]:
+            try:
+                self._membership(port.socket, port.addressFamily, group, iface.index, join=False)
+            except OSError:
+                pass  # The kernel drops memberships of a destroyed device itself.
+        log.info("listener {name}: left {iface} (index {index}): gone or changed", name=self.name,
+                 iface=iface.name, index=iface.index)
+
+    def _membership(self, skt, family, group, ifindex, *, join):
+        sources = self._sources[family]
+        level = socket.IPPROTO_IPV6 if family == socket.AF_INET6 else socket.IPPROTO_IP
+        if sources:
+            option = sockopts.MCAST_JOIN_SOURCE_GROUP if join else sockopts.MCAST_LEAVE_SOURCE_GROUP
+            for source in sources:
+                skt.setsockopt(level, option, sockopts.group_source_req(ifindex, group, source))
+        elif family == socket.AF_INET6:
+            option = socket.IPV6_JOIN_GROUP if join else socket.IPV6_LEAVE_GROUP
+            skt.setsockopt(level, option, sockopts.ipv6_mreq(group, ifindex))
+        else:
+            option = socket.IP_ADD_MEMBERSHIP if join else socket.IP_DROP_MEMBERSHIP
+            skt.setsockopt(level, option, sockopts.ip_mreqn(group, ifindex))
+
+    def joined_interfaces(self):
+        """{family: [interface names]} currently joined."""
+        return {f: sorted(i.name for i in j.values()) for f, j in self._joined.items()}
+
+    # -- receiving and sending -------------------------------------------
+    def default_server(self, bound_host):
+        family = sockopts.family_of(bound_host)
+        return self._groups[family][0]
+
+    def default_interface(self):
+        joined = [i for j in self._joined.values() for i in j.values()]
+        return joined[0].name if len({i.name for i in joined}) == 1 else None
+
+    def _group_port(self):
+        return self.config.port or (self.ports[0].getHost().port if self.ports else 0)
+
+    def send_reply(self, route, data, multicast=False):
+        if not multicast:
+            return super().send_reply(route, data)
+        if route.port >= len(self.ports):
+            raise BadRoute("unknown_token", "the listener's port is closed")
+        port = self.ports[route.port]
+        groups = [route.group] if route.group else self._groups[port.addressFamily]
+        if not route.ifindex:
+            raise BadRoute("bad_message", "the request's interface is unknown: cannot reply by multicast")
+        sent = False
+        for group in groups:
+            sent = self.write(port, data, self._group_address(port, group, route.ifindex),
+                              ifindex=route.ifindex) or sent
+        return sent
+
+    def announce(self, data):
+        """Send to every group on every joined interface."""
+        sent = False
+        for port in list(self.ports):
+            for index in list(self._joined[port.addressFamily]):
+                for group in self._groups[port.addressFamily]:
+                    sent = self.write(port, data, self._group_address(port, group, index), ifindex=index) or sent
+        return sent
+
+    def _group_address(self, port, group, ifindex):
+        if port.addressFamily == socket.AF_INET6:
+            return (group, self._group_port(), 0, ifindex)
+        return (group, self._group_port())

@@ -1,0 +1,62 @@
+"""Shared fixtures: a real gateway on loopback, async UDP clients, skip-or-fail for optional parts."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests import support
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "netns: needs ip netns (root, iproute2)")
+    config.addinivalue_line("markers", "redis: needs redis-server")
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a gateway.yaml (plus optional modules beside it) and return its path."""
+
+    def write(text, name="gateway.yaml", **modules):
+        for module, source in modules.items():
+            (tmp_path / f"{module}.py").write_text(source)
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+@pytest.fixture
+def gateway(write_config):
+    """Start a GatewayService from YAML text; every one started is stopped after the test."""
+    started = []
+
+    async def start(text, app=None, **modules):
+        service = support.build_service(write_config(text, **modules), app=app)
+        started.append(service)
+        service.startService()
+        await support.wait(service.started, 10)
+        return service
+
+    yield start
+    for service in started:
+        if service.running:
+            pytest_twisted.blockon(service.stopService())
+
+
+@pytest.fixture
+def client():
+    """Async UDP clients bound to loopback; closed after the test."""
+    clients = []
+
+    async def make(host="127.0.0.1"):
+        from twisted.internet import reactor
+
+        c = support.UDPClient()
+        c.port = reactor.listenUDP(0, c, interface=host, maxPacketSize=65535)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        pytest_twisted.blockon(defer.maybeDeferred(c.port.stopListening))
