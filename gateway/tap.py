@@ -3,9 +3,12 @@
 import os
 import sys
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from gateway.loop import ReactorError, install_asyncio_reactor
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -36,7 +39,9 @@ def _fatal_exit(reactor):
     """Print one line, stop cleanly, and exit 1 once the reactor has shut down."""
 
     def fatal(line):
-        print(f"udpgateway: {line}", file=sys.stderr, flush=True)
+        # twistd has redirected sys.stderr into its log by now: write to the real one.
+        print(f"udpgateway: {line}", file=sys.__stderr__, flush=True)
+        log.error("udpgateway: {line}", line=line)
         reactor.addSystemEventTrigger("after", "shutdown", _exit_now, 1)
         reactor.stop()
 

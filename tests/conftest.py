@@ -60,3 +60,14 @@ def client():
     yield make
     for c in clients:
         pytest_twisted.blockon(defer.maybeDeferred(c.port.stopListening))
+
+
+@pytest.fixture
+def processes():
+    """Start gateway/worker processes; each still running at the end is stopped and must exit 0."""
+    from tests.processes import Processes
+
+    started = Processes()
+    yield started
+    for process, status in started.stop_all():
+        assert status == 0, f"{process.argv} exited {status}:\n{process.log_text()}"

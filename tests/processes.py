@@ -1,0 +1,171 @@
+"""Real gateway and worker processes for tests: started by us, read line by line, stopped by PID."""
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+TWISTD = BIN / "twistd"
+UDPGATEWAY = BIN / "udpgateway"
+_LISTENER = re.compile(r"listener (\S+) \((\w+)\) on \[?([^\s\]]+)\]?:(\d+) -> (\S+)")
+
+
+def child_env(extra=None):
+    """The environment for a child: ours, the repo importable, plus `extra`."""
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class Process:
+    """A child process whose stdout is collected line by line (stderr separately)."""
+
+    ready_text = None
+
+    def __init__(self, argv, *, cwd=None, env=None, ns=None):
+        self.argv = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in argv]
+        self.cwd = cwd or tempfile.mkdtemp(prefix="udpgateway-proc-")
+        self.env = env
+        self.lines, self.errors, self.listeners = [], [], {}
+        self._queue = queue.Queue()
+        self._threads = []
+        self.proc = None
+
+    def start(self, ready=True, timeout=20.0):
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     cwd=self.cwd, env=child_env(self.env), stdin=subprocess.DEVNULL)
+        self._threads = [threading.Thread(target=t, daemon=True) for t in (self._read, self._read_errors)]
+        for thread in self._threads:
+            thread.start()
+        if ready and self.ready_text:
+            self.wait_for(self.ready_text, timeout)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def _read_errors(self):
+        for line in self.proc.stderr:
+            self.errors.append(line.rstrip("\n"))
+
+    def _pump(self, timeout):
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        if line is None:
+            self._queue.put(None)
+            return None
+        self.lines.append(line)
+        match = _LISTENER.search(line)
+        if match:
+            name, _kind, host, port, _channel = match.groups()
+            self.listeners.setdefault(name, []).append((host, int(port)))
+        return True
+
+    def wait_for(self, text, timeout=10.0, *, start=0):
+        """The first log line (from index `start`) containing `text`; fails with the log so far."""
+        deadline, index = time.monotonic() + timeout, start
+        while True:
+            for index in range(index, len(self.lines)):
+                if text in self.lines[index]:
+                    return self.lines[index]
+            index = len(self.lines)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._pump(min(remaining, 0.2)) is None:
+                raise AssertionError(f"no log line with {text!r}:\n{self.log_text()}")
+
+    def count(self, text):
+        self._drain()
+        return sum(text in line for line in self.lines)
+
+    def port(self, name):
+        self._drain()
+        return self.listeners[name][0][1]
+
+    def log_text(self):
+        self._drain()
+        return "\n".join(self.lines[-60:] + ["-- stderr --"] + self.errors[-20:])
+
+    def _drain(self):
+        while self._pump(0) is True:
+            pass
+
+    def send_signal(self, signum):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def stop(self, timeout=20.0, signum=signal.SIGTERM):
+        """Signal this process only and wait; returns its exit status (-9 if it had to be killed)."""
+        self.send_signal(signum)
+        try:
+            return self.wait_exit(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            self._finish()
+            return -9
+
+    def wait_exit(self, timeout=20.0):
+        status = self.proc.wait(timeout)
+        self._finish()
+        return status
+
+    def _finish(self):
+        for thread in self._threads:
+            thread.join(5)
+        self._drain()
+
+
+class GatewayProcess(Process):
+    """`twistd -n udpgateway -c FILE`, optionally inside a network namespace."""
+
+    ready_text = "udpgateway ready"
+
+    def __init__(self, config_path, *, env=None, ns=None):
+        cwd = tempfile.mkdtemp(prefix="twistd-", dir=Path(config_path).parent)
+        argv = [TWISTD, "-n", f"--pidfile={cwd}/twistd.pid", "udpgateway", "-c", config_path]
+        super().__init__(argv, cwd=cwd, env=env, ns=ns)
+
+
+class WorkerProcess(Process):
+    """`udpgateway worker -c FILE [CHANNEL ...]`."""
+
+    ready_text = "udpgateway worker consuming"
+
+    def __init__(self, config_path, *channels, env=None, ns=None):
+        super().__init__([UDPGATEWAY, "worker", "-c", config_path, *channels], env=env, ns=ns)
+
+
+class Processes:
+    """Every process a test started; `stop_all()` stops the ones still running, by PID."""
+
+    def __init__(self):
+        self.started = []
+
+    def start(self, process, ready=True, timeout=20.0):
+        self.started.append(process)
+        return process.start(ready=ready, timeout=timeout)
+
+    def stop_all(self):
+        statuses = []
+        for process in self.started:
+            if process.proc is not None and process.proc.poll() is None:
+                statuses.append((process, process.stop()))
+        return statuses

@@ -1,0 +1,154 @@
+"""The twistd plugin and the `udpgateway` command as real processes on loopback."""
+
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from tests.processes import UDPGATEWAY, GatewayProcess, child_env
+
+ECHO_APP = """
+from gateway.consumer import UDPConsumer
+
+class Echo(UDPConsumer):
+    async def udp_receive(self, message):
+        await self.reply(message, message["data"])
+
+application = Echo.as_asgi()
+"""
+
+FAILING_STARTUP = """
+from gateway.consumer import UDPConsumer
+
+class Broken(UDPConsumer):
+    async def startup(self):
+        raise RuntimeError("database is not there")
+
+application = Broken.as_asgi()
+"""
+
+
+def write(tmp_path, text, **modules):
+    for name, source in modules.items():
+        (tmp_path / f"{name}.py").write_text(source)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def echo_config(port=0, app="echoapp:application"):
+    return f"application: {app}\nlisteners:\n  - {{name: echo, type: plain, bind: 127.0.0.1, port: {port}}}\n"
+
+
+def udp_exchange(port, data=b"ping", host="127.0.0.1", timeout=5.0):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(data, (host, port))
+        return s.recvfrom(65535)
+
+
+def free_port_holder():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_twistd_serves_and_stops_cleanly(tmp_path, processes, signum):
+    """twistd -n udpgateway answers a datagram, then a signal stops it with exit 0 and frees the port."""
+    gateway = processes.start(GatewayProcess(write(tmp_path, echo_config(), echoapp=ECHO_APP)))
+    port = gateway.port("echo")
+    assert udp_exchange(port, b"hello") == (b"hello", ("127.0.0.1", port))
+    assert gateway.stop(signum=signum) == 0
+    assert "received SIG" in gateway.log_text()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))  # the port is free again
+
+
+def test_twistd_logs_each_listener_with_its_real_port(tmp_path, processes):
+    """The startup log names every listener with its real address and port (port 0 resolved)."""
+    text = ("application: echoapp:application\nlisteners:\n"
+            "  - {name: a, type: plain, bind: 127.0.0.1, port: 0}\n"
+            "  - {name: b, type: plain, bind: '::1', port: 0}\n")
+    gateway = processes.start(GatewayProcess(write(tmp_path, text, echoapp=ECHO_APP)))
+    assert gateway.port("a") > 0 and gateway.port("b") > 0
+    assert gateway.listeners["b"][0][0] == "::1"
+
+
+def test_twistd_refuses_bad_config_with_exit_2(tmp_path):
+    """A bad config makes twistd exit 2 with one line per problem on stderr and no traceback."""
+    text = "listeners:\n  - {name: x, type: plain, bind: 127.0.0.1, port: 70000, colour: red}\n"
+    gateway = GatewayProcess(write(tmp_path, text)).start(ready=False)
+    assert gateway.wait_exit() == 2
+    errors = [line for line in gateway.errors if line.strip()]
+    assert any("listeners[0].port" in line for line in errors), errors
+    assert any("listeners[0].colour" in line for line in errors), errors
+    assert any(line.startswith(str(tmp_path / "gateway.yaml")) or "gateway.yaml" in line for line in errors)
+    assert "Traceback" not in "\n".join(errors + gateway.lines)
+    assert not any("listener x" in line for line in gateway.lines)
+
+
+def test_twistd_port_in_use_exits_1_with_one_line(tmp_path):
+    """A port that cannot be bound stops the gateway with exit 1 and one line naming it."""
+    holder = free_port_holder()
+    try:
+        port = holder.getsockname()[1]
+        gateway = GatewayProcess(write(tmp_path, echo_config(port), echoapp=ECHO_APP)).start(ready=False)
+        assert gateway.wait_exit() == 1
+        assert any(f"127.0.0.1:{port}" in line and "listener echo" in line for line in gateway.errors), gateway.errors
+        assert "Traceback" not in "\n".join(gateway.errors)
+    finally:
+        holder.close()
+
+
+def test_twistd_failed_lifespan_startup_exits_1(tmp_path):
+    """A failed lifespan startup exits 1 with its message and no traceback."""
+    gateway = GatewayProcess(write(tmp_path, echo_config(app="broken:application"), broken=FAILING_STARTUP))
+    gateway.start(ready=False)
+    assert gateway.wait_exit() == 1
+    assert any("database is not there" in line for line in gateway.errors), gateway.errors
+    assert "Traceback" not in "\n".join(gateway.errors)
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([str(UDPGATEWAY), *args], capture_output=True, text=True, cwd=cwd,
+                          env=child_env(), timeout=60)
+
+
+def test_check_prints_summary_and_exits_0(tmp_path):
+    """`udpgateway check` prints one summary line per listener and exits 0."""
+    done = run_cli("check", "-c", write(tmp_path, echo_config(), echoapp=ECHO_APP))
+    assert done.returncode == 0, done.stderr
+    assert "echo" in done.stdout and "127.0.0.1" in done.stdout
+
+
+def test_check_defaults_to_gateway_yaml_in_cwd(tmp_path):
+    """Without -c, `check` reads ./gateway.yaml."""
+    write(tmp_path, echo_config(), echoapp=ECHO_APP)
+    assert run_cli("check", cwd=tmp_path).returncode == 0
+
+
+def test_check_bad_config_exit_2_lines_on_stderr(tmp_path):
+    """`check` on a bad config prints the problem lines on stderr only and exits 2."""
+    done = run_cli("check", "-c", write(tmp_path, "listeners: []\nbogus: 1\n"))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) >= 2
+    assert "Traceback" not in done.stderr
+
+
+def test_shipped_gateway_yaml_checks(tmp_path):
+    """The shipped gateway.yaml with its echo example passes `check` from another directory."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parent.parent / "gateway.yaml"
+    done = run_cli("check", "-c", str(shipped), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_worker_refuses_memory_backend(tmp_path):
+    """`udpgateway worker` with the memory backend exits 2 with one line."""
+    done = run_cli("worker", "-c", write(tmp_path, echo_config(), echoapp=ECHO_APP))
+    assert done.returncode == 2
+    assert "channel_layer.backend" in done.stderr and len(done.stderr.strip().splitlines()) == 1
