@@ -196,6 +196,7 @@ class BaseListener(service.Service):
         self.counters = counters
         self.quiet = quiet
         self.ports = []
+        self._owners = []
 
     # -- lifecycle -------------------------------------------------------
     def startService(self):
@@ -250,15 +251,23 @@ class BaseListener(service.Service):
         host = port.getHost()
         server = (dst or self.default_server(host.host), host.port)
         route = self.make_route(index, addr, dst, ifindex, spec_dst)
-        interface = interface_name(ifindex) or self.default_interface()
+        interface = interface_name(ifindex) or self.default_interface(index)
         version = 6 if port.addressFamily == socket.AF_INET6 else 4
         self._sink(Datagram(self.name, data, display_address(addr), server, interface, route, version))
 
     def default_server(self, bound_host):
         return bound_host
 
-    def default_interface(self):
-        return self.config.bind_interface
+    def default_interface(self, index):
+        """The interface named by `bind`, or the one owning the bound address."""
+        if self.config.bind_interface:
+            return self.config.bind_interface
+        if not self._owners:
+            from gateway.interfaces import find_interface
+
+            found = [find_interface(host) for host in self.bind_addresses()]
+            self._owners = [i.name if i is not None else None for i in found]
+        return self._owners[index] if index < len(self._owners) else None
 
     def make_route(self, index, addr, dst, ifindex, spec_dst):
         """Reply from the address the request was sent to (pktinfo), where known."""

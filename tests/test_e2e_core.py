@@ -54,6 +54,7 @@ async def test_message_fields(gateway, client):
     assert message["client"] == list(c.address)
     assert message["server"] == list(address)
     assert message["listener"] == "echo"
+    assert message["interface"] == "lo"
     assert message["size"] == 3
     prefix, token = message["reply_channel"].split("!")
     assert prefix.startswith("udp.send.") and token
