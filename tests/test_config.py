@@ -1,0 +1,830 @@
+"""Tests for gateway.config: one line per problem with file and key path, or a frozen GatewayConfig."""
+
+import dataclasses
+import sys
+
+import pytest
+
+from gateway import config as config_module
+from gateway import interfaces
+from gateway.config import (
+    GatewayConfig,
+    LayerConfig,
+    Limits,
+    ListenerConfig,
+    Problem,
+    Remote,
+    describe,
+    errors,
+    load_config,
+)
+from gateway.interfaces import Interface
+
+MODULES = {
+    "cfgapp": "async def application(scope, receive, send):\n    pass\n\nNOT_CALLABLE = 42\n",
+    "cfg_raising": "raise ValueError('boom')\n",
+    "cfg_broken": "import not_installed_xyz\n",
+    "cfglayer": (
+        "class Layer:\n"
+        "    def __init__(self, url, capacity=100):\n"
+        "        pass\n\n"
+        "class AnyLayer:\n"
+        "    def __init__(self, **kwargs):\n"
+        "        pass\n"
+    ),
+}
+
+# A made-up host, so that host checks do not depend on the machine running the tests.
+HOST = {
+    "lo": Interface("lo", 1, ("127.0.0.1",), ("::1",), up=True, multicast=False, loopback=True),
+    "test0": Interface("test0", 2, ("192.0.2.2",), ("2001:db8::2", "fe80::2"), up=True, multicast=True, loopback=False),
+    "v4only0": Interface("v4only0", 3, ("198.51.100.7",), (), up=True, multicast=True, loopback=False),
+    "noaddr0": Interface("noaddr0", 4, (), (), up=True, multicast=True, loopback=False),
+}
+
+APP = "application: cfgapp:application\n"
+P = "name: echo, type: plain, bind: 127.0.0.1, port: 9999"
+C = "name: up, type: connected, bind: 127.0.0.1, port: 9000, remote: {host: 127.0.0.1, port: 9001}"
+M = "name: mc, type: multicast, port: 5353, groups: [224.0.0.251]"
+REDIS = "channel_layer: {backend: channels_redis.core.RedisChannelLayer"
+
+
+def doc(*listeners, top=APP):
+    """A gateway.yaml: `top`, then one flow-mapping listener per argument."""
+    return top + "listeners:\n" + "".join(f"  - {{{item}}}\n" for item in listeners)
+
+
+def block(*lines, top=APP):
+    """A gateway.yaml with one listener written as block lines (line numbers count from `top`)."""
+    return top + "listeners:\n  - name: echo\n" + "".join(f"    {line}\n" for line in lines)
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch):
+    """Fixture modules, sys.path, the environment and sysctls are restored or fixed for each test."""
+    saved_path = list(sys.path)
+    monkeypatch.delenv("UDPGW_TEST_UNSET", raising=False)
+    monkeypatch.setattr(config_module, "read_sysctl", lambda name: None)
+    yield
+    sys.path[:] = saved_path
+    for name in [n for n in sys.modules if n.startswith("cfg")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def host(monkeypatch):
+    """The made-up HOST as this machine's interfaces; the test may change the dict it returns."""
+    table = dict(HOST)
+    monkeypatch.setattr(interfaces, "list_interfaces", lambda: dict(table))
+    return table
+
+
+@pytest.fixture
+def load(tmp_path, monkeypatch, host):
+    """load(text, **kwargs): write gateway.yaml and the fixture modules to tmp_path (the cwd), then load it."""
+    monkeypatch.chdir(tmp_path)
+    for name, source in MODULES.items():
+        (tmp_path / f"{name}.py").write_text(source)
+
+    def load(text, **kwargs):
+        (tmp_path / "gateway.yaml").write_text(text)
+        return load_config("gateway.yaml", **kwargs)
+
+    return load
+
+
+def lines(problems):
+    return [str(problem) for problem in problems]
+
+
+ROWS = [
+    # unknown keys, with a did-you-mean
+    ("unknown-key", doc(P + ", prot: 1"), "gateway.yaml: listeners[0].prot: unknown key (did you mean 'port'?)"),
+    ("unknown-top-key", APP + "listener: []\n", "gateway.yaml: listener: unknown key (did you mean 'listeners'?)"),
+    (
+        "unknown-key-no-match",
+        doc(P + ", zzz: 1"),
+        "listeners[0].zzz: unknown key (expected one of: name, type, port, channel, bind, reuse_port)",
+    ),
+    (
+        "unknown-limits-key",
+        doc(P, top=APP + "limits: {max_concurency: 5}\n"),
+        "gateway.yaml: limits.max_concurency: unknown key (did you mean 'max_concurrency'?)",
+    ),
+    (
+        "unknown-layer-key",
+        doc(P, top=APP + "channel_layer: {backnd: memory}\n"),
+        "gateway.yaml: channel_layer.backnd: unknown key (did you mean 'backend'?)",
+    ),
+    # missing keys
+    ("missing-listeners", APP, "gateway.yaml: listeners: required key is missing"),
+    ("empty-file", "", "gateway.yaml: listeners: required key is missing"),
+    ("empty-listeners", APP + "listeners: []\n", "gateway.yaml: listeners: must not be empty"),
+    (
+        "missing-port",
+        doc("name: echo, type: plain, bind: 127.0.0.1"),
+        "gateway.yaml: listeners[0].port: required key is missing",
+    ),
+    ("missing-name", doc("type: plain, bind: 127.0.0.1, port: 1"), "listeners[0].name: required key is missing"),
+    ("missing-type", doc("name: echo, port: 1"), "listeners[0].type: required key is missing"),
+    ("missing-bind", doc("name: echo, type: plain, port: 1"), "listeners[0].bind: required key is missing"),
+    ("missing-groups", doc("name: mc, type: multicast, port: 1"), "listeners[0].groups: required key is missing"),
+    (
+        "connected-without-remote",
+        doc("name: up, type: connected, bind: 127.0.0.1, port: 1"),
+        "gateway.yaml: listeners[0].remote: required key is missing",
+    ),
+    (
+        "remote-without-port",
+        doc("name: up, type: connected, bind: 127.0.0.1, port: 1, remote: {host: 127.0.0.1}"),
+        "listeners[0].remote.port: required key is missing",
+    ),
+    # wrong types
+    (
+        "string-port",
+        doc(P.replace("9999", "'9999'")),
+        "gateway.yaml: listeners[0].port: expected an integer, got '9999'",
+    ),
+    ("float-port", doc(P.replace("9999", "99.5")), "listeners[0].port: expected an integer, got 99.5"),
+    ("null-port", doc(P.replace("9999", "null")), "listeners[0].port: expected an integer, got null"),
+    ("int-name", doc(P.replace("echo", "5")), "listeners[0].name: expected a string, got 5"),
+    ("listeners-mapping", APP + "listeners: {a: 1}\n", "gateway.yaml: listeners: expected a list, got a mapping"),
+    ("listener-not-mapping", APP + "listeners: [echo]\n", "gateway.yaml: listeners[0]: expected a mapping, got 'echo'"),
+    ("top-not-mapping", "- a\n", "gateway.yaml: expected a mapping, got a list"),
+    (
+        "groups-not-list",
+        doc(M.replace("[224.0.0.251]", "224.0.0.251")),
+        "listeners[0].groups: expected a list, got '224.0.0.251'",
+    ),
+    ("group-not-string", doc(M.replace("224.0.0.251", "5")), "listeners[0].groups[0]: expected a string, got 5"),
+    (
+        "remote-not-mapping",
+        doc(C.replace("{host: 127.0.0.1, port: 9001}", "x")),
+        "listeners[0].remote: expected a mapping",
+    ),
+    # bool where an int is expected, and the other way round
+    ("bool-port", doc(P.replace("9999", "true")), "gateway.yaml: listeners[0].port: expected an integer, got true"),
+    ("bool-ttl", doc(M + ", ttl: yes"), "listeners[0].ttl: expected an integer, got true"),
+    ("string-bool", doc(P + ", reuse_port: 'yes'"), "listeners[0].reuse_port: expected true or false, got 'yes'"),
+    ("int-bool", doc(M + ", loopback: 1"), "listeners[0].loopback: expected true or false, got 1"),
+    # duplicates
+    (
+        "duplicate-name",
+        doc(P, P.replace("9999", "9998")),
+        "gateway.yaml: listeners[1].name: duplicate listener name 'echo' (also listeners[0])",
+    ),
+    (
+        "duplicate-bind-port",
+        doc(P, P.replace("echo", "two")),
+        "gateway.yaml: listeners[1].bind: 127.0.0.1 port 9999 is already bound by listeners[0] (127.0.0.1); "
+        "set reuse_port on both to share it",
+    ),
+    (
+        "wildcard-overlaps-address",
+        doc(P, C.replace("127.0.0.1, port: 9000", "0.0.0.0, port: 9999")),
+        "listeners[1].bind: 0.0.0.0 port 9999 is already bound by listeners[0] (127.0.0.1)",
+    ),
+    (
+        "reuse-port-on-one-only",
+        doc(P, P.replace("echo", "two") + ", reuse_port: true"),
+        "listeners[1].bind: 127.0.0.1 port 9999 is already bound by listeners[0]",
+    ),
+    (
+        "interface-overlaps-address",
+        doc(P, P.replace("echo", "two").replace("127.0.0.1", "lo")),
+        "listeners[1].bind: 127.0.0.1 port 9999 is already bound by listeners[0] (127.0.0.1)",
+    ),
+    (
+        "duplicate-yaml-key",
+        block("type: plain", "bind: 127.0.0.1", "port: 1", "port: 2"),
+        "gateway.yaml:7:5: duplicate key 'port'",
+    ),
+    # ranges
+    ("port-too-big", doc(P.replace("9999", "65536")), "gateway.yaml: listeners[0].port: 65536 is outside 0-65535"),
+    ("port-negative", doc(P.replace("9999", "-1")), "listeners[0].port: -1 is outside 0-65535"),
+    ("remote-port-zero", doc(C.replace("9001", "0")), "listeners[0].remote.port: 0 is outside 1-65535"),
+    ("ttl-too-big", doc(M + ", ttl: 256"), "listeners[0].ttl: 256 is outside 0-255"),
+    ("ttl-negative", doc(M + ", ttl: -1"), "listeners[0].ttl: -1 is outside 0-255"),
+    # addresses
+    (
+        "bad-address",
+        doc(P.replace("127.0.0.1", "10.0.0.300")),
+        "gateway.yaml: listeners[0].bind: '10.0.0.300' is not a valid IP address",
+    ),
+    (
+        "bad-ipv6-address",
+        doc(P.replace("127.0.0.1", "'1::2::3'")),
+        "listeners[0].bind: '1::2::3' is not a valid IP address",
+    ),
+    (
+        "bad-interface-name",
+        doc(P.replace("127.0.0.1", "'a b'")),
+        "listeners[0].bind: 'a b' is not an IP address or interface name",
+    ),
+    (
+        "address-not-here",
+        doc(P.replace("127.0.0.1", "203.0.113.9")),
+        "listeners[0].bind: 203.0.113.9 is not an address of this host",
+    ),
+    (
+        "remote-hostname",
+        doc(C.replace("host: 127.0.0.1", "host: example.com")),
+        "listeners[0].remote.host: 'example.com' is not an IP address (host names are not resolved)",
+    ),
+    (
+        "remote-family",
+        doc(C.replace("host: 127.0.0.1", "host: '::1'")),
+        "gateway.yaml: listeners[0].remote.host: ::1 is IPv6 but bind has no IPv6 address",
+    ),
+    (
+        "bad-group-address",
+        doc(M.replace("224.0.0.251", "224.0.0.300")),
+        "listeners[0].groups[0]: '224.0.0.300' is not a valid IP address",
+    ),
+    # interfaces
+    (
+        "unknown-bind-interface",
+        doc(P.replace("127.0.0.1", "eth9")),
+        "gateway.yaml: listeners[0].bind: unknown interface 'eth9'",
+    ),
+    (
+        "unknown-interface",
+        doc(M + ", interfaces: [test0, eth9]"),
+        "gateway.yaml: listeners[0].interfaces[1]: unknown interface 'eth9'",
+    ),
+    (
+        "interface-address-not-here",
+        doc(M + ", interfaces: [203.0.113.9]"),
+        "listeners[0].interfaces[0]: no interface of this host has address 203.0.113.9",
+    ),
+    (
+        "interface-without-address",
+        doc(P.replace("127.0.0.1", "noaddr0")),
+        "listeners[0].bind: interface 'noaddr0' has no IP address",
+    ),
+    # groups and sources
+    (
+        "non-multicast-group",
+        doc(M.replace("224.0.0.251", "10.0.0.1")),
+        "gateway.yaml: listeners[0].groups[0]: 10.0.0.1 is not a multicast address",
+    ),
+    (
+        "second-group-not-multicast",
+        doc(M.replace("224.0.0.251", "224.0.0.251, '::1'")),
+        "listeners[0].groups[1]: ::1 is not a multicast address",
+    ),
+    ("empty-groups", doc(M.replace("[224.0.0.251]", "[]")), "listeners[0].groups: must not be empty"),
+    (
+        "group-family-not-on-interfaces",
+        doc(M.replace("224.0.0.251", "224.0.0.251, 'ff02::fb'") + ", interfaces: [198.51.100.7]"),
+        "gateway.yaml: listeners[0].groups[1]: ff02::fb is IPv6 but none of the interfaces has an IPv6 address",
+    ),
+    (
+        "source-multicast",
+        doc(M + ", sources: [224.0.0.1]"),
+        "listeners[0].sources[0]: 224.0.0.1 is not a unicast address",
+    ),
+    ("source-wildcard", doc(M + ", sources: [0.0.0.0]"), "listeners[0].sources[0]: 0.0.0.0 is not a unicast address"),
+    (
+        "source-family",
+        doc(M + ", sources: ['2001:db8::1']"),
+        "listeners[0].sources[0]: 2001:db8::1 is IPv6 but no group is IPv6",
+    ),
+    # keys of another kind
+    (
+        "bind-on-multicast",
+        doc(M + ", bind: 0.0.0.0"),
+        "gateway.yaml: listeners[0].bind: bind is not allowed on a multicast listener "
+        "(it binds the wildcard address; use interfaces)",
+    ),
+    (
+        "reuse-port-on-multicast",
+        doc(M + ", reuse_port: true"),
+        "gateway.yaml: listeners[0].reuse_port: reuse_port is not allowed on a multicast listener",
+    ),
+    (
+        "remote-on-plain",
+        doc(P + ", remote: {host: 127.0.0.1, port: 1}"),
+        "listeners[0].remote: remote needs a connected listener",
+    ),
+    (
+        "remote-on-multicast",
+        doc(M + ", remote: {host: 127.0.0.1, port: 1}"),
+        "listeners[0].remote: remote needs a connected listener",
+    ),
+    ("groups-on-plain", doc(P + ", groups: [224.0.0.251]"), "listeners[0].groups: groups needs a multicast listener"),
+    (
+        "send-channel-on-plain",
+        doc(P + ", send_channel: out"),
+        "gateway.yaml: listeners[0].send_channel: send_channel needs a connected or multicast listener",
+    ),
+    (
+        "unknown-type",
+        doc(P.replace("plain", "broadcast")),
+        "listeners[0].type: 'broadcast' is not one of: plain, connected, multicast",
+    ),
+    ("empty-name", doc(P.replace("echo", "''")), "listeners[0].name: must not be empty"),
+    # channel names
+    (
+        "bang-in-channel",
+        doc(P + ", channel: 'udp.receive!x'"),
+        "gateway.yaml: listeners[0].channel: 'udp.receive!x' is not a valid channel name",
+    ),
+    (
+        "long-channel",
+        doc(P + ", channel: " + "a" * 100),
+        "listeners[0].channel: '" + "a" * 100 + "' is not a valid channel name",
+    ),
+    ("empty-channel", doc(P + ", channel: ''"), "listeners[0].channel: '' is not a valid channel name"),
+    (
+        "bad-send-channel",
+        doc(C + ", send_channel: 'up out'"),
+        "listeners[0].send_channel: 'up out' is not a valid channel name",
+    ),
+    (
+        "send-channel-is-a-channel",
+        doc(C + ", send_channel: udp.receive"),
+        "listeners[0].send_channel: 'udp.receive' is also a listener's channel",
+    ),
+    (
+        "send-channel-twice",
+        doc(C + ", send_channel: out", M + ", send_channel: out"),
+        "listeners[1].send_channel: 'out' is also the send_channel of listeners[0]",
+    ),
+    # application
+    (
+        "app-missing-module",
+        doc(P, top="application: nosuch_app_mod:application\n"),
+        "gateway.yaml: application: could not import module 'nosuch_app_mod'",
+    ),
+    (
+        "app-module-raised",
+        doc(P, top="application: cfg_raising:application\n"),
+        "gateway.yaml: application: importing module 'cfg_raising' raised ValueError: boom",
+    ),
+    (
+        "app-module-missing-inside",
+        doc(P, top="application: cfg_broken:application\n"),
+        "gateway.yaml: application: importing module 'cfg_broken' raised ModuleNotFoundError: "
+        "No module named 'not_installed_xyz'",
+    ),
+    (
+        "app-missing-attribute",
+        doc(P, top="application: cfgapp:nope\n"),
+        "gateway.yaml: application: module 'cfgapp' has no attribute 'nope'",
+    ),
+    (
+        "app-not-callable",
+        doc(P, top="application: cfgapp:NOT_CALLABLE\n"),
+        "application: cfgapp:NOT_CALLABLE is not callable",
+    ),
+    (
+        "app-format",
+        doc(P, top="application: cfgapp.application\n"),
+        "application: 'cfgapp.application' is not in the form 'module:attribute'",
+    ),
+    ("app-not-string", doc(P, top="application: 5\n"), "gateway.yaml: application: expected a string, got 5"),
+    (
+        "memory-without-application",
+        doc(P, top=""),
+        "gateway.yaml: application: required with the memory backend: nobody else could answer",
+    ),
+    (
+        "explicit-memory-without-application",
+        doc(P, top="channel_layer: {backend: memory}\n"),
+        "gateway.yaml: application: required with the memory backend: nobody else could answer",
+    ),
+    # backend
+    (
+        "backend-missing",
+        doc(P, top="channel_layer: {backend: nosuch_layer_mod.Layer}\n"),
+        "gateway.yaml: channel_layer.backend: could not import module 'nosuch_layer_mod'",
+    ),
+    (
+        "backend-missing-class",
+        doc(P, top="channel_layer: {backend: cfglayer.Nope}\n"),
+        "channel_layer.backend: module 'cfglayer' has no attribute 'Nope'",
+    ),
+    (
+        "backend-format",
+        doc(P, top="channel_layer: {backend: redis}\n"),
+        "channel_layer.backend: 'redis' is not in the form",
+    ),
+    (
+        "memory-config-key",
+        doc(P, top=APP + "channel_layer: {config: {expiri: 5}}\n"),
+        "gateway.yaml: channel_layer.config.expiri: unknown key for memory (did you mean 'expiry'?)",
+    ),
+    (
+        "redis-config-key",
+        doc(P, top=REDIS + ", config: {host: ['redis://127.0.0.1']}}\n"),
+        "gateway.yaml: channel_layer.config.host: unknown key for channels_redis.core.RedisChannelLayer "
+        "(did you mean 'hosts'?)",
+    ),
+    (
+        "layer-required-key",
+        doc(P, top="channel_layer: {backend: cfglayer.Layer}\n"),
+        "channel_layer.config: required key 'url' of cfglayer.Layer is missing",
+    ),
+    (
+        "layer-config-not-mapping",
+        doc(P, top=APP + "channel_layer: {config: [1]}\n"),
+        "gateway.yaml: channel_layer.config: expected a mapping, got a list",
+    ),
+    # ${VAR} substitution
+    (
+        "unset-var",
+        block("type: plain", "bind: 127.0.0.1", "port: ${UDPGW_TEST_UNSET}"),
+        "gateway.yaml:6: ${UDPGW_TEST_UNSET} is not set",
+    ),
+    (
+        "unclosed-var",
+        block("type: plain", "bind: 127.0.0.1", "port: ${UDPGW_TEST_UNSET"),
+        "gateway.yaml:6: '${' is not closed by '}' on its line",
+    ),
+    (
+        "bad-var",
+        block("type: plain", "bind: 127.0.0.1", "port: ${1BAD}"),
+        "gateway.yaml:6: ${1BAD} is not a valid substitution",
+    ),
+    # YAML syntax
+    (
+        "yaml-mapping-in-value",
+        "application: cfgapp: application\n",
+        "gateway.yaml:1:20: mapping values are not allowed here",
+    ),
+    (
+        "yaml-indentation",
+        APP + "listeners:\n  - name: a\n   type: plain\n",
+        "gateway.yaml:4:4: expected <block end>, but found",
+    ),
+    ("yaml-unclosed-flow", APP + "listeners: [a, b\n", "gateway.yaml:3:1: expected ',' or ']'"),
+    # limits
+    (
+        "limits-string",
+        doc(P, top=APP + "limits: {reply_ttl: 60s}\n"),
+        "gateway.yaml: limits.reply_ttl: expected a number, got '60s'",
+    ),
+    (
+        "limits-bool",
+        doc(P, top=APP + "limits: {max_layer_sends: true}\n"),
+        "gateway.yaml: limits.max_layer_sends: expected an integer, got true",
+    ),
+    (
+        "limits-float-for-int",
+        doc(P, top=APP + "limits: {max_concurrency: 1.5}\n"),
+        "limits.max_concurrency: expected an integer, got 1.5",
+    ),
+    (
+        "limits-zero",
+        doc(P, top=APP + "limits: {max_reply_channels: 0}\n"),
+        "limits.max_reply_channels: 0 is less than 1",
+    ),
+    (
+        "limits-zero-poll",
+        doc(P, top=APP + "limits: {interface_poll: 0}\n"),
+        "limits.interface_poll: 0 is not a positive number",
+    ),
+    (
+        "limits-negative-ttl",
+        doc(P, top=APP + "limits: {reply_ttl: -1.5}\n"),
+        "limits.reply_ttl: -1.5 is not a positive number",
+    ),
+    ("limits-not-mapping", doc(P, top=APP + "limits: 5\n"), "gateway.yaml: limits: expected a mapping, got 5"),
+]
+
+
+@pytest.mark.parametrize("text, expected", [pytest.param(text, line, id=name) for name, text, line in ROWS])
+def test_problem_lines(load, text, expected):
+    """Each mistake gives a line naming the file, the key path and what is wrong, and no config."""
+    config, problems = load(text)
+    assert config is None
+    assert any(expected in line for line in lines(problems)), lines(problems)
+
+
+VALID = [
+    ("minimal", doc(P)),
+    ("both-reuse-port", doc(P + ", reuse_port: true", P.replace("echo", "two") + ", reuse_port: true")),
+    ("port-zero-twice", doc(P.replace("9999", "0"), P.replace("echo", "two").replace("9999", "0"))),
+    (
+        "wildcards-of-both-families",
+        doc(P.replace("127.0.0.1", "0.0.0.0"), P.replace("echo", "two").replace("127.0.0.1", "'::'")),
+    ),
+    ("multicast-share-a-port", doc(M, M.replace("mc", "mc2"))),
+    (
+        "lo-address-has-both-families",
+        doc(M.replace("224.0.0.251", "224.0.0.251, 'ff02::fb'") + ", interfaces: ['127.0.0.1']"),
+    ),
+    ("interface-by-name", doc(M + ", interfaces: [test0, v4only0]")),
+    (
+        "external-backend-without-application",
+        doc(P, top="channel_layer: {backend: cfglayer.AnyLayer, config: {x: 1}}\n"),
+    ),
+    (
+        "redis-backend",
+        doc(P, top=REDIS + ", config: {hosts: ['redis://127.0.0.1:6379/0']}}\n"),
+    ),
+    (
+        "memory-config",
+        doc(P, top=APP + "channel_layer: {config: {expiry: 5, group_expiry: 9, capacity: 10, channel_capacity: {}}}\n"),
+    ),
+    ("send-channels", doc(C + ", send_channel: up.out", M + ", send_channel: mc.out")),
+    ("channel-99-characters", doc(P + ", channel: " + "a" * 99)),
+    (
+        "extreme-values",
+        doc(P.replace("9999", "65535"), M.replace("5353", "0") + ", ttl: 0", M.replace("mc", "m2") + ", ttl: 255"),
+    ),
+    (
+        "mixed-groups-and-sources",
+        doc(M.replace("224.0.0.251", "232.1.1.1, 'ff3e::1'") + ", sources: [192.0.2.10, '2001:db8::10']"),
+    ),
+    ("ipv6-remote", doc(C.replace("bind: 127.0.0.1", "bind: '::1'").replace("host: 127.0.0.1", "host: '::1'"))),
+    (
+        "empty-optional-keys",
+        doc(M + ", interfaces: , sources: ", top="application:\nchannel_layer: {backend: cfglayer.AnyLayer}\n"),
+    ),
+    ("commented-var", "# port: ${UDPGW_TEST_UNSET}\n" + doc(P)),
+]
+
+
+@pytest.mark.parametrize("text", [pytest.param(text, id=name) for name, text in VALID])
+def test_valid_configs(load, text):
+    """Configs that follow the rules load without a single problem."""
+    config, problems = load(text)
+    assert lines(problems) == []
+    assert isinstance(config, GatewayConfig)
+
+
+def test_minimal_config_gets_defaults(load, tmp_path):
+    """A valid file gives a frozen GatewayConfig with every default filled in."""
+    config, problems = load(doc(P))
+    assert problems == []
+    assert config == GatewayConfig(
+        path=str(tmp_path / "gateway.yaml"),
+        directory=str(tmp_path),
+        channel_layer=LayerConfig(backend="memory", config={}),
+        application="cfgapp:application",
+        listeners=(ListenerConfig(name="echo", type="plain", port=9999, bind=("127.0.0.1",)),),
+        limits=Limits(),
+    )
+    listener = config.listeners[0]
+    assert (listener.channel, listener.reuse_port) == ("udp.receive", False)
+    assert (listener.remote, listener.send_channel, listener.bind_interface) == (None, None, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        listener.port = 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.limits = Limits()
+
+
+def test_full_config_values(load):
+    """Every key lands in its field; addresses are normalized and limits numbers become floats."""
+    text = doc(
+        C + ", reuse_port: true, send_channel: up.out, channel: up.in",
+        "name: mc, type: multicast, port: 5353, groups: ['FF02::FB', 224.0.0.251], sources: ['2001:DB8::9'], "
+        "interfaces: [test0, '192.0.2.2'], ttl: 4, loopback: false, send_channel: mc.out",
+        top=APP + "limits: {reply_ttl: 30, max_reply_channels: 7, max_concurrency: 8, max_layer_sends: 9, "
+        "interface_poll: 1.5}\n",
+    )
+    config, problems = load(text)
+    assert problems == []
+    connected, multicast = config.listeners
+    assert connected.remote == Remote(host="127.0.0.1", port=9001)
+    assert (connected.reuse_port, connected.send_channel, connected.channel) == (True, "up.out", "up.in")
+    assert multicast.groups == ("ff02::fb", "224.0.0.251")
+    assert multicast.sources == ("2001:db8::9",)
+    assert multicast.interfaces == ("test0", "192.0.2.2")
+    assert (multicast.ttl, multicast.loopback, multicast.bind) == (4, False, ())
+    assert config.limits == Limits(
+        reply_ttl=30.0, max_reply_channels=7, max_concurrency=8, max_layer_sends=9, interface_poll=1.5
+    )
+    assert isinstance(config.limits.reply_ttl, float)
+
+
+def test_bind_interface_expands_to_its_addresses(load):
+    """An interface name binds every address it has, IPv6 link-local ones with their scope."""
+    config, _ = load(doc(P.replace("127.0.0.1", "test0")))
+    assert config.listeners[0].bind == ("192.0.2.2", "2001:db8::2", "fe80::2%test0")
+    assert config.listeners[0].bind_interface == "test0"
+
+
+def test_link_local_bind_gets_its_scope(load):
+    """A link-local address without a scope gets the scope of the interface that has it."""
+    config, _ = load(doc(P.replace("127.0.0.1", "'fe80::2'")))
+    assert config.listeners[0].bind == ("fe80::2%test0",)
+    assert config.listeners[0].bind_interface is None
+
+
+@pytest.mark.parametrize(
+    "environ, port", [({}, 9999), ({"UDPGW_TEST_PORT": ""}, 9999), ({"UDPGW_TEST_PORT": "1234"}, 1234)]
+)
+def test_env_default_keeps_yaml_types(load, monkeypatch, environ, port):
+    """${VAR:-default} is replaced before parsing, so the value keeps its YAML type; empty means default."""
+    monkeypatch.delenv("UDPGW_TEST_PORT", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    text = doc(P.replace("9999", "${UDPGW_TEST_PORT:-9999}") + ", reuse_port: ${UDPGW_TEST_UNSET:-true}")
+    config, problems = load(text)
+    assert problems == []
+    assert config.listeners[0].port == port
+    assert config.listeners[0].reuse_port is True
+
+
+def test_env_value_is_used(load, monkeypatch):
+    """${VAR} takes the environment's value."""
+    monkeypatch.setenv("UDPGW_TEST_BIND", "127.0.0.1")
+    config, problems = load(doc(P.replace("127.0.0.1", "${UDPGW_TEST_BIND}")))
+    assert problems == []
+    assert config.listeners[0].bind == ("127.0.0.1",)
+
+
+def test_double_dollar_is_a_literal_dollar(load):
+    """$$ stands for one literal $."""
+    config, problems = load(doc(P, top="channel_layer: {backend: cfglayer.AnyLayer, config: {password: 'pa$$word'}}\n"))
+    assert problems == []
+    assert config.channel_layer == LayerConfig(backend="cfglayer.AnyLayer", config={"password": "pa$word"})
+
+
+def test_each_unset_var_is_one_problem(load):
+    """Every unset ${VAR} is reported with its line, and nothing more is checked."""
+    text = block("type: plain", "bind: ${UDPGW_TEST_UNSET}", "port: ${UDPGW_TEST_UNSET2}", "prot: 1")
+    config, problems = load(text)
+    assert config is None
+    assert lines(problems) == [
+        "gateway.yaml:5: ${UDPGW_TEST_UNSET} is not set",
+        "gateway.yaml:6: ${UDPGW_TEST_UNSET2} is not set",
+    ]
+
+
+def test_every_problem_reported_at_once(load):
+    """A file with three mistakes gives exactly three lines, in file order."""
+    text = doc(P.replace("9999", "70000"), M.replace("224.0.0.251", "10.0.0.1") + ", bind: 0.0.0.0")
+    config, problems = load(text)
+    assert config is None
+    assert lines(problems) == [
+        "gateway.yaml: listeners[0].port: 70000 is outside 0-65535",
+        "gateway.yaml: listeners[1].bind: bind is not allowed on a multicast listener "
+        "(it binds the wildcard address; use interfaces)",
+        "gateway.yaml: listeners[1].groups[0]: 10.0.0.1 is not a multicast address",
+    ]
+
+
+def test_config_directory_first_on_sys_path(tmp_path, monkeypatch, host):
+    """The config file's directory goes first on sys.path, once, so a module beside it imports from any cwd."""
+    conf = tmp_path / "conf"
+    (conf / "examples").mkdir(parents=True)
+    (conf / "examples" / "__init__.py").write_text("")
+    (conf / "examples" / "cfgecho.py").write_text(MODULES["cfgapp"])
+    (conf / "gateway.yaml").write_text(doc(P, top="application: examples.cfgecho:application\n"))
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("examples", None)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    for _ in range(2):
+        config, problems = load_config("conf/gateway.yaml")
+        assert problems == []
+        assert sys.path[0] == str(conf)
+        assert sys.path.count(str(conf)) == 1
+    assert config.directory == str(conf)
+    assert config.path == str(conf / "gateway.yaml")
+    sys.modules.pop("examples", None)
+    sys.modules.pop("examples.cfgecho", None)
+
+
+def test_problem_names_the_file_as_given(load):
+    """Problems name the config file the way the user gave it."""
+    _, problems = load(doc(P.replace("9999", "-5")))
+    assert {problem.file for problem in problems} == {"gateway.yaml"}
+
+
+def test_host_checks_off_accepts_unknown_interfaces(load):
+    """Without host checks, interface names and addresses need not exist here; bind keeps the name."""
+    text = doc(
+        P.replace("127.0.0.1", "eth9"),
+        P.replace("echo", "two").replace("127.0.0.1", "203.0.113.9"),
+        M + ", interfaces: [eth9, 203.0.113.9]",
+    )
+    config, problems = load(text, host_checks=False)
+    assert problems == []
+    assert config.listeners[0].bind == ("eth9",)
+    assert config.listeners[0].bind_interface == "eth9"
+    assert config.listeners[1].bind == ("203.0.113.9",)
+    assert config.listeners[2].interfaces == ("eth9", "203.0.113.9")
+
+
+def test_host_checks_off_still_checks_the_schema(load):
+    """Without host checks, malformed addresses and names are still problems."""
+    config, problems = load(doc(P.replace("127.0.0.1", "10.0.0.300")), host_checks=False)
+    assert config is None
+    assert lines(problems) == ["gateway.yaml: listeners[0].bind: '10.0.0.300' is not a valid IP address"]
+
+
+def test_imports_off_skips_imports(load):
+    """With imports=False, application and backend are not imported."""
+    config, problems = load(doc(P, top="application: nosuch_app_mod:application\n"), imports=False)
+    assert problems == []
+    assert config.application == "nosuch_app_mod:application"
+
+
+def test_missing_file(tmp_path, monkeypatch):
+    """A missing file is one problem, not an exception."""
+    monkeypatch.chdir(tmp_path)
+    config, problems = load_config("gateway.yaml")
+    assert config is None
+    assert problems == [Problem("gateway.yaml", "", "cannot read: No such file or directory")]
+    assert str(load_config("gateway.yaml")[1][0]) == "gateway.yaml: cannot read: No such file or directory"
+
+
+def test_no_multicast_interface_of_a_family_is_a_warning(load, host):
+    """With no interfaces given, a family no up multicast interface has now is only a warning."""
+    del host["test0"]
+    config, problems = load(doc(M.replace("224.0.0.251", "224.0.0.251, 'ff02::fb'")))
+    assert config is not None
+    assert [problem.warning for problem in problems] == [True]
+    assert lines(problems) == [
+        "gateway.yaml: listeners[0].groups[1]: no up multicast interface has an IPv6 address now; "
+        "ff02::fb will be joined when one appears"
+    ]
+
+
+def test_igmp_sysctl_warnings(load, monkeypatch):
+    """Past Linux's igmp_max_memberships or igmp_max_msf a multicast listener gets a warning naming the sysctl."""
+    monkeypatch.setattr(config_module, "read_sysctl", {"igmp_max_memberships": 3, "igmp_max_msf": 1}.get)
+    groups = "[232.1.1.1, 232.1.1.2, 'ff3e::1']"
+    text = doc(M.replace("[224.0.0.251]", groups) + ", interfaces: [test0, v4only0], sources: [192.0.2.7, 192.0.2.8]")
+    config, problems = load(text)
+    assert config is not None
+    assert errors(problems) == []
+    assert lines(problems) == [
+        "gateway.yaml: listeners[0].groups: 2 IPv4 groups x 2 interfaces exceed net.ipv4.igmp_max_memberships = 3; "
+        "raise it: sysctl -w net.ipv4.igmp_max_memberships=4 (and in /etc/sysctl.d/ to keep it)",
+        "gateway.yaml: listeners[0].sources: 2 IPv4 sources exceed net.ipv4.igmp_max_msf = 1; "
+        "raise it: sysctl -w net.ipv4.igmp_max_msf=2 (and in /etc/sysctl.d/ to keep it)",
+    ]
+
+
+@pytest.mark.parametrize("absent", ["channels_redis", "redis"])
+def test_channels_redis_not_installed(load, monkeypatch, absent):
+    """A channels_redis backend without channels_redis (or its redis client) says how to install it."""
+
+    class Uninstalled:
+        """A meta path finder that makes `absent` look not installed."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] == absent:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    for name in [n for n in sys.modules if n.partition(".")[0] in ("channels_redis", absent)]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [Uninstalled(), *sys.meta_path])
+    config, problems = load(doc(P, top="channel_layer: {backend: channels_redis.core.RedisChannelLayer}\n"))
+    assert config is None
+    assert lines(problems) == [
+        "gateway.yaml: channel_layer.backend: channels_redis is not installed (pip install 'udpgateway[redis]')"
+    ]
+
+
+def test_real_host_loopback(tmp_path, monkeypatch):
+    """Against this host's real interfaces, lo and 127.0.0.1 pass the host checks."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfgapp.py").write_text(MODULES["cfgapp"])
+    second = P.replace("echo", "two").replace("127.0.0.1", "lo").replace("9999", "0")
+    (tmp_path / "gateway.yaml").write_text(doc(P, second))
+    config, problems = load_config("gateway.yaml")
+    assert problems == []
+    assert "127.0.0.1" in config.listeners[1].bind
+
+
+def test_problem_str():
+    """A problem renders as `file: key: message`, or `file: message` without a key."""
+    assert str(Problem("gateway.yaml", "listeners[2].groups[0]", "10.0.0.1 is not a multicast address")) == (
+        "gateway.yaml: listeners[2].groups[0]: 10.0.0.1 is not a multicast address"
+    )
+    assert str(Problem("gateway.yaml:12", "", "${FOO} is not set")) == "gateway.yaml:12: ${FOO} is not set"
+    assert str(Problem("g.yaml", "limits", "odd", warning=True)) == "g.yaml: limits: odd"
+
+
+def test_errors_leaves_out_warnings():
+    """errors() keeps only the problems that are not warnings."""
+    problems = [Problem("g", "a", "bad"), Problem("g", "b", "doubtful", warning=True)]
+    assert errors(problems) == problems[:1]
+
+
+def test_describe(load):
+    """describe() gives one line per listener: kind, real addresses or groups and interfaces, port, channels."""
+    text = doc(
+        P,
+        "name: up, type: connected, bind: test0, port: 0, remote: {host: '2001:db8::7', port: 9001}, "
+        "send_channel: up.out",
+        M + ", sources: [192.0.2.7]",
+        "name: ssdp, type: multicast, port: 1900, groups: [239.255.255.250], interfaces: [test0], channel: ssdp.in",
+        P.replace("echo", "shared").replace("9999", "7000") + ", reuse_port: true",
+    )
+    config, problems = load(text)
+    assert problems == []
+    assert describe(config) == [
+        "echo: plain on 127.0.0.1 port 9999, channel udp.receive",
+        "up: connected on test0 (192.0.2.2, 2001:db8::2, fe80::2%test0) port 0 (ephemeral) to [2001:db8::7]:9001, "
+        "channel udp.receive, send_channel up.out",
+        "mc: multicast 224.0.0.251 on all multicast interfaces port 5353 from 192.0.2.7, channel udp.receive",
+        "ssdp: multicast 239.255.255.250 on test0 port 1900, channel ssdp.in",
+        "shared: plain on 127.0.0.1 port 7000, reuse_port, channel udp.receive",
+    ]
