@@ -101,6 +101,24 @@ class _Queue:
                 del self.named_waiters[channel]
 
 
+_IMMUTABLE = (bytes, str, int, float, bool, type(None))
+
+
+def copy_message(value):
+    """A deep copy of a message as a layer would serialise it, without deepcopy's overhead.
+
+    Like Channels' in-memory layer, receivers must not share mutable state
+    with the sender; messages are JSON-like, so only dicts and lists need copying.
+    """
+    if isinstance(value, _IMMUTABLE):
+        return value
+    if isinstance(value, dict):
+        return {k: copy_message(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [copy_message(v) for v in value]
+    return deepcopy(value)
+
+
 class InMemoryChannelLayer:
     """A Channels layer held in this process, with channels_redis' receive_single.
 
@@ -168,7 +186,7 @@ class InMemoryChannelLayer:
             queue = self._queues[key] = _Queue()
         seq = next(self._seq)
         self._live[seq] = (self._now() + self.expiry, key)
-        queue.put(seq, channel, deepcopy(message))
+        queue.put(seq, channel, copy_message(message))
 
     async def receive(self, channel):
         """Wait for the next message on a channel; "x!y" gets only its own."""
