@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,18 +38,21 @@ def start(argv, pattern, cwd):
     """Start a server process and return (process, port) once it logs its port."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
+    watchdog = threading.Timer(20, proc.kill)  # a server that never logs its port is killed
+    watchdog.start()
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
             match = re.search(pattern, line)
             if match:
+                # Keep draining its log so a full pipe never blocks the server.
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
                 return proc, int(match.group(1))
-        if proc.poll() is not None:
-            break
+    finally:
+        watchdog.cancel()
     proc.kill()
-    raise RuntimeError(f"{argv[0]} did not start")
+    raise RuntimeError(f"{argv[0]} did not start:\n{''.join(seen[-20:])}")
 
 
 def stop(proc):
