@@ -71,3 +71,21 @@ def processes():
     yield started
     for process, status in started.stop_all():
         assert status == 0, f"{process.argv} exited {status}:\n{process.log_text()}"
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(request):
+    """After each test and its fixtures' teardown, no UDP port is open and no reactor timer is left.
+
+    trial checks this itself; pytest-twisted does not.
+    """
+    yield
+    from twisted.internet import reactor, udp
+
+    ports = [r for r in reactor.getReaders() if isinstance(r, udp.Port)]
+    assert not ports, f"UDP ports left open: {ports}"
+
+    leftover = [call for call in reactor.getDelayedCalls() if call.active()]
+    for call in leftover:
+        call.cancel()
+    assert not leftover, f"delayed calls left behind: {leftover}"
