@@ -1,20 +1,12 @@
-"""Helpers of config.py: ${VAR} substitution, YAML loading, Key tables and their walker, value checks."""
+"""Helpers of config.py: Key tables and their walker, and the value checks."""
 
 import difflib
-import inspect
 import ipaddress
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import yaml
-
 from gateway import importing
-
-# $$, ${BODY}, or a "${" that is never closed on its line.
-_REFERENCE = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<body>[^}\n]*)\}|(?P<open>\{))")
-_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<fallback>:-(?P<default>.*))?\Z", re.S)
 
 TYPE_NAMES = {
     str: "a string",
@@ -24,84 +16,6 @@ TYPE_NAMES = {
     list: "a list",
     dict: "a mapping",
 }
-
-
-def substitute_env(text, environ):
-    """`text` with ${VAR}, ${VAR:-default} and $$ replaced; plus [(line, message)] problems.
-
-    Whole-line comments are left as they are, so a commented-out ${VAR} needs no value.
-    """
-    problems = []
-    lines = text.split("\n")
-    for number, line in enumerate(lines, 1):
-        if not line.lstrip().startswith("#"):
-            lines[number - 1] = _REFERENCE.sub(lambda m: _expand(m, environ, number, problems), line)
-    return "\n".join(lines), problems
-
-
-def _expand(match, environ, number, problems):
-    if match["dollar"]:
-        return "$"
-    if match["open"]:
-        problems.append((number, "'${' is not closed by '}' on its line"))
-        return match[0]
-    body = _BODY.match(match["body"])
-    if body is None:
-        problems.append((number, f"{match[0]} is not a valid substitution (use ${{NAME}} or ${{NAME:-default}})"))
-        return match[0]
-    value = environ.get(body["name"])
-    if body["fallback"] and not value:
-        return body["default"]
-    if value is None:
-        problems.append((number, f"${{{body['name']}}} is not set"))
-        return ""
-    return value
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also notes keys repeated within one mapping (PyYAML keeps the last silently)."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.duplicates = []
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if key_node.value in seen:
-                    self.duplicates.append((_mark(key_node.start_mark), f"duplicate key '{key_node.value}'"))
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml(text):
-    """(ok, data, [(where, message)]): `where` is "line:column" (1-based) or "" if unknown.
-
-    Duplicate keys are problems too, but the data is still usable (ok is True).
-    """
-    loader = _Loader(text)
-    try:
-        return True, loader.get_single_data(), loader.duplicates
-    except yaml.MarkedYAMLError as exc:
-        return False, None, [_marked_problem(exc)]
-    except yaml.YAMLError as exc:
-        return False, None, [("", " ".join(str(exc).split()))]
-    finally:
-        loader.dispose()
-
-
-def _marked_problem(exc):
-    mark = exc.problem_mark or exc.context_mark
-    message = exc.problem or exc.context or "invalid YAML"
-    if exc.problem and exc.context:
-        where = f" at line {exc.context_mark.line + 1}" if exc.context_mark else ""
-        message = f"{message} ({exc.context}{where})"
-    return (_mark(mark) if mark else ""), message
-
-
-def _mark(mark):
-    return f"{mark.line + 1}:{mark.column + 1}"
 
 
 @dataclass(frozen=True)
@@ -341,87 +255,3 @@ def overlaps(a, b):
     if first.version != second.version:
         return False
     return first == second or first.is_unspecified or second.is_unspecified
-
-
-def _redis_missing(backend, exc):
-    """channels_redis itself, or a package it needs, is not installed."""
-    missing = exc.missing or ""
-    if missing == "channels_redis":
-        return True
-    return bool(missing) and backend.startswith("channels_redis.") and not missing.startswith("channels_redis")
-
-
-def _parameters(layer_class):
-    """(accepted, required) keyword names of the layer class, or (None, ()) if it takes **kwargs."""
-    try:
-        parameters = list(inspect.signature(layer_class.__init__).parameters.values())[1:]
-    except (TypeError, ValueError):
-        return None, ()
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None, ()
-    named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return [p.name for p in named], [p.name for p in named if p.default is p.empty]
-
-
-def read_sysctl(name):
-    """An integer from /proc/sys/net/ipv4/<name> (Linux), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        with open(f"/proc/sys/net/ipv4/{name}") as file:
-            return int(file.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-# Imports of application and backend.
-
-MEMORY = "memory"
-MEMORY_CONFIG_KEYS = ("expiry", "group_expiry", "capacity", "channel_capacity")
-REDIS_HINT = "channels_redis is not installed (pip install 'udpgateway[redis]')"
-
-
-def put_first_on_path(directory):
-    """Make `directory` the first entry of sys.path, exactly once."""
-    if sys.path[:1] != [directory]:
-        while directory in sys.path:
-            sys.path.remove(directory)
-        sys.path.insert(0, directory)
-
-
-def application_problems(spec):
-    """Messages for an `application` that cannot be imported or is not callable."""
-    try:
-        application = importing.import_from_string(spec)
-    except importing.ImportFromStringError as exc:
-        return [str(exc)]
-    return [] if callable(application) else [f"{spec} is not callable (an ASGI application is)"]
-
-
-def backend_problems(backend, config):
-    """[(key path under channel_layer, message)] for the backend and its `config` keys."""
-    if backend == MEMORY:
-        return _config_key_problems(backend, config, MEMORY_CONFIG_KEYS, ())
-    try:
-        layer_class = importing.import_from_string(backend)
-    except importing.ImportFromStringError as exc:
-        return [(("backend",), REDIS_HINT if _redis_missing(backend, exc) else str(exc))]
-    if not callable(layer_class):
-        return [(("backend",), f"{backend} is not a class")]
-    return _config_key_problems(backend, config, *_parameters(layer_class))
-
-
-def _config_key_problems(backend, config, accepted, required):
-    """Unknown keys (with a did-you-mean) and missing required ones; nothing to say for **kwargs."""
-    if config is None or accepted is None:
-        return []
-    problems = []
-    for key in config:
-        if key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "accepted: " + ", ".join(accepted)
-            problems.append((("config", key), f"unknown key for {backend} ({hint})"))
-    for key in required:
-        if key not in config:
-            problems.append((("config",), f"required key '{key}' of {backend} is missing"))
-    return problems

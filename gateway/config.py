@@ -6,32 +6,36 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from gateway import interfaces as ifaces
-from gateway._schema import (
+from gateway._imports import (
     MEMORY,
+    application_problems,
+    backend_problems,
+    put_first_on_path,
+    read_sysctl,
+)
+from gateway._schema import (
     Key,
     Walker,
-    application_problems,
     application_spec,
     at_least,
-    backend_problems,
     channel_name,
     clash,
     import_format,
     in_range,
     interface_spec,
     ip,
-    load_yaml,
     multicast_group,
     non_empty,
     one_of,
     positive,
-    put_first_on_path,
-    read_sysctl,
     remote_host,
     scoped,
     string_keys,
-    substitute_env,
     unicast,
+)
+from gateway._source import (
+    load_yaml,
+    substitute_env,
 )
 from gateway.messages import DEFAULT_CHANNEL
 
