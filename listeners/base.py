@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from listeners import sockopts
 
 MAX_PACKET = 65535  # Twisted's default of 8192 silently truncates larger datagrams.
+RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes asked for each socket; Linux caps it at net.core.rmem_max
 _READ_IGNORE = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EMSGSIZE, errno.ENOBUFS, errno.ENOMEM}
 _READ_REFUSE = {errno.ECONNREFUSED}
 
@@ -81,6 +82,7 @@ class _PortMixin:
 
     def createInternetSocket(self):
         skt = super().createInternetSocket()
+        _raise_receive_buffer(skt)
         if self.addressFamily == socket.AF_INET6:
             skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if self.reuse_port:
@@ -88,10 +90,7 @@ class _PortMixin:
         if self.multicast_socket:
             _configure_multicast_socket(skt, self.addressFamily)
         if self.pktinfo:
-            if self.addressFamily == socket.AF_INET6:
-                skt.setsockopt(socket.IPPROTO_IPV6, sockopts.IPV6_RECVPKTINFO, 1)
-            else:
-                skt.setsockopt(socket.IPPROTO_IP, sockopts.IP_PKTINFO, 1)
+            self.pktinfo = _request_pktinfo(skt, self.addressFamily)
         return skt
 
     def doRead(self):
@@ -129,7 +128,33 @@ class _PortMixin:
             info = (socket.IPPROTO_IPV6, sockopts.IPV6_PKTINFO, sockopts.in6_pktinfo(ifindex, source or "::"))
         else:
             info = (socket.IPPROTO_IP, sockopts.IP_PKTINFO, sockopts.in_pktinfo(ifindex, source or "0.0.0.0"))
+        if info[1] is None:
+            raise OSError(errno.ENOPROTOOPT, "this platform cannot choose a datagram's source or interface")
         return self.socket.sendmsg([data], [info], 0, address)
+
+
+def _raise_receive_buffer(skt):
+    """Ask for a receive buffer that holds a burst while the reactor is busy elsewhere."""
+    # The default (net.core.rmem_default, ~208 KiB) holds a few hundred small
+    # datagrams; past it the kernel drops them unseen (socket(7) SO_RCVBUF).
+    try:
+        if skt.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < RECEIVE_BUFFER:
+            skt.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    except OSError as exc:  # BSDs refuse sizes above kern.ipc.maxsockbuf instead of capping
+        log.info("keeping the default socket receive buffer ({err})", err=exc)
+
+
+def _request_pktinfo(skt, family):
+    """Ask for each datagram's destination and interface; False (logged) where the platform cannot."""
+    v6 = family == socket.AF_INET6
+    option = sockopts.IPV6_RECVPKTINFO if v6 else sockopts.IP_PKTINFO
+    try:
+        sockopts.setopt(skt, socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP, option, 1)
+        return True
+    except OSError as exc:
+        log.warn("no destination addresses on this platform ({err}): `server` is the bound address or first "
+                 "group, and the kernel picks each reply's source", err=exc)
+        return False
 
 
 def _configure_multicast_socket(skt, family):
@@ -143,9 +168,9 @@ def _configure_multicast_socket(skt, family):
         # Linux delivers every group joined by anyone on the port unless
         # IP_MULTICAST_ALL / IPV6_MULTICAST_ALL are off (ip(7), ipv6(7)).
         if family == socket.AF_INET6:
-            skt.setsockopt(socket.IPPROTO_IPV6, sockopts.IPV6_MULTICAST_ALL, 0)
+            sockopts.setopt(skt, socket.IPPROTO_IPV6, sockopts.IPV6_MULTICAST_ALL, 0)
         else:
-            skt.setsockopt(socket.IPPROTO_IP, sockopts.IP_MULTICAST_ALL, 0)
+            sockopts.setopt(skt, socket.IPPROTO_IP, sockopts.IP_MULTICAST_ALL, 0)
     except OSError as exc:
         if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
             raise

@@ -4,16 +4,19 @@ import errno
 import socket
 
 from twisted.internet import task
+from twisted.logger import Logger
 
 from gateway import interfaces as ifaces
 from listeners import sockopts
-from listeners.base import BadRoute, BaseListener, GatewayMulticastPort, MAX_PACKET, _PortProtocol, log
+from listeners.base import MAX_PACKET, BadRoute, BaseListener, GatewayMulticastPort, _PortProtocol
+
+log = Logger()
 
 # What a failed join usually means, as one line an operator can act on.
 _JOIN_ERRORS = {
     errno.ENODEV: "the interface no longer exists",
     errno.EADDRNOTAVAIL: "the interface is down or has no address of this family",
-    errno.ENOBUFS: "too many memberships: raise net.ipv4.igmp_max_memberships (or igmp_max_msf for sources) with sysctl",
+    errno.ENOBUFS: "too many memberships: raise the sysctl net.ipv4.igmp_max_memberships (igmp_max_msf for sources)",
     errno.EINVAL: "the kernel refused the group or interface (is multicast enabled on it?)",
     errno.ENOPROTOOPT: "this kernel lacks the socket option (source-specific multicast?)",
     errno.EPERM: "not permitted on this interface",
@@ -31,6 +34,7 @@ class MulticastListener(BaseListener):
         self._groups = {f: [g for g in config.groups if sockopts.family_of(g) == f] for f in _FAMILIES}
         self._sources = {f: [s for s in config.sources if sockopts.family_of(s) == f] for f in _FAMILIES}
         self._joined = {f: {} for f in _FAMILIES}  # family -> {ifindex: Interface}
+        self._refused = {f: set() for f in _FAMILIES}  # family -> ifindexes whose refusal was logged
         self._poll_interval = poll_interval
         self._poller = None
 
@@ -60,7 +64,7 @@ class MulticastListener(BaseListener):
         except Exception:
             self._close_ports()
             raise
-        self._poller = task.LoopingCall(self.sync_memberships)
+        self._poller = task.LoopingCall(self._poll)
         self._poller.clock = self._reactor
         self._poller.start(self._poll_interval, now=False)
 
@@ -90,6 +94,7 @@ class MulticastListener(BaseListener):
 
     def sync_memberships(self, initial=False):
         """Join on interfaces that appeared (or got a new index), forget those that left."""
+        tried = set()
         for family, groups in self._groups.items():
             port = self._port_of(family)
             if not groups or port is None:
@@ -97,42 +102,61 @@ class MulticastListener(BaseListener):
             wanted, joined = self.wanted_interfaces(family), self._joined[family]
             for index in [i for i in joined if i not in wanted]:
                 self._leave(port, joined.pop(index))
+            self._refused[family] &= set(wanted)
             for index, iface in wanted.items():
-                if index not in joined and self._join(port, iface):
+                if index not in joined and self._join(port, iface, quiet=initial):
                     joined[index] = iface
+            tried.update(i.name for i in wanted.values())
         if initial:
-            self._log_joins()
+            self._log_joins(tried)
 
-    def _log_joins(self):
-        total = sum(len(j) for j in self._joined.values())
-        if not total:
-            raise RuntimeError(f"listener {self.name}: joined no group on any interface")
+    def _poll(self):
+        try:
+            self.sync_memberships()
+        except Exception:
+            log.failure("listener {name}: checking interfaces failed", name=self.name)
+
+    def _log_joins(self, tried):
+        if not any(self._joined.values()):
+            if not tried:
+                raise RuntimeError("no up multicast interface has an address of its groups' family")
+            raise RuntimeError(f"joined none of its groups on {', '.join(sorted(tried))}")
         for family, joined in self._joined.items():
             if self._groups[family]:
-                names = ", ".join(sorted(i.name for i in joined.values())) or "no interface"
+                names = ", ".join(f"{i.name} (index {i.index})" for i in joined.values()) or "no interface"
                 log.info("listener {name}: {groups} joined on {names}", name=self.name,
                          groups=" ".join(self._groups[family]), names=names)
 
-    def _join(self, port, iface):
-        """Join every group of the port's family on one interface; False if none joined."""
+    def _join(self, port, iface, *, quiet=False):
+        """Join every group of the port's family on one interface; False if none joined.
+
+        A refusal is logged once per interface index; later polls retry silently.
+        """
         family, ok = port.addressFamily, False
         for group in self._groups[family]:
             try:
                 self._membership(port.socket, family, group, iface.index, join=True)
                 ok = True
             except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    ok = True
-                    continue
-                hint = _JOIN_ERRORS.get(exc.errno)
-                if hint is None:
-                    raise
-                log.warn("listener {name}: cannot join {group} on {iface}: {hint} ({err})",
-                         name=self.name, group=group, iface=iface.name, hint=hint, err=exc.strerror)
-        if ok and self.running:
-            log.info("listener {name}: joined {fam} groups on {iface} (index {index})", name=self.name,
-                     fam=_FAMILIES[family], iface=iface.name, index=iface.index)
+                ok = ok or exc.errno == errno.EADDRINUSE  # already a member
+                if exc.errno != errno.EADDRINUSE:
+                    self._refuse(family, group, iface, exc)
+        if ok:
+            self._refused[family].discard(iface.index)
+            if not quiet:
+                log.info("listener {name}: joined {fam} groups on {iface} (index {index})", name=self.name,
+                         fam=_FAMILIES[family], iface=iface.name, index=iface.index)
         return ok
+
+    def _refuse(self, family, group, iface, exc):
+        hint = _JOIN_ERRORS.get(exc.errno)
+        if hint is None:
+            raise exc
+        if iface.index in self._refused[family]:
+            return
+        self._refused[family].add(iface.index)
+        log.warn("listener {name}: cannot join {group} on {iface}: {hint} ({err}); skipped", name=self.name,
+                 group=group, iface=iface.name, hint=hint, err=exc.strerror)
 
     def _leave(self, port, iface):
         for group in self._groups[port.addressFamily]:
@@ -140,22 +164,33 @@ class MulticastListener(BaseListener):
                 self._membership(port.socket, port.addressFamily, group, iface.index, join=False)
             except OSError:
                 pass  # The kernel drops memberships of a destroyed device itself.
-        log.info("listener {name}: left {iface} (index {index}): gone or changed", name=self.name,
-                 iface=iface.name, index=iface.index)
+        log.info("listener {name}: left {fam} groups on {iface} (index {index}): gone, down or without an "
+                 "{fam} address", name=self.name, fam=_FAMILIES[port.addressFamily], iface=iface.name,
+                 index=iface.index)
 
     def _membership(self, skt, family, group, ifindex, *, join):
         sources = self._sources[family]
         level = socket.IPPROTO_IPV6 if family == socket.AF_INET6 else socket.IPPROTO_IP
         if sources:
-            option = sockopts.MCAST_JOIN_SOURCE_GROUP if join else sockopts.MCAST_LEAVE_SOURCE_GROUP
-            for source in sources:
-                skt.setsockopt(level, option, sockopts.group_source_req(ifindex, group, source))
+            self._source_membership(skt, level, group, ifindex, sources, join=join)
         elif family == socket.AF_INET6:
             option = socket.IPV6_JOIN_GROUP if join else socket.IPV6_LEAVE_GROUP
             skt.setsockopt(level, option, sockopts.ipv6_mreq(group, ifindex))
         else:
             option = socket.IP_ADD_MEMBERSHIP if join else socket.IP_DROP_MEMBERSHIP
             skt.setsockopt(level, option, sockopts.ip_mreqn(group, ifindex))
+
+    def _source_membership(self, skt, level, group, ifindex, sources, *, join):
+        """Join (or leave) a group for each source; a join that fails midway is undone."""
+        option = sockopts.MCAST_JOIN_SOURCE_GROUP if join else sockopts.MCAST_LEAVE_SOURCE_GROUP
+        for count, source in enumerate(sources):
+            try:
+                sockopts.setopt(skt, level, option, sockopts.group_source_req(ifindex, group, source))
+            except OSError:
+                if join and count:  # e.g. ENOBUFS past igmp_max_msf: leave no partial filter behind
+                    self._source_membership(skt, level, group, ifindex, sources[:count], join=False)
+                if join:
+                    raise
 
     def joined_interfaces(self):
         """{family: [interface names]} currently joined."""
@@ -166,7 +201,7 @@ class MulticastListener(BaseListener):
         family = sockopts.family_of(bound_host)
         return self._groups[family][0]
 
-    def default_interface(self):
+    def default_interface(self, index):
         joined = [i for j in self._joined.values() for i in j.values()]
         return joined[0].name if len({i.name for i in joined}) == 1 else None
 

@@ -1,20 +1,38 @@
 """Linux socket options Python's socket module lacks, and their struct packing."""
 
+import errno
 import ipaddress
 import socket
 import struct
+import sys
+
+LINUX = sys.platform.startswith("linux")
+
+
+def _option(name, linux_number):
+    """The socket module's constant, else its Linux number on Linux, else None (unavailable)."""
+    return getattr(socket, name, linux_number if LINUX else None)
+
 
 # From <linux/in.h> and <linux/in6.h>; Python 3.11 exports none of the
-# IPv4 ones (https://github.com/python/cpython/issues/75989).
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
-IP_ADD_SOURCE_MEMBERSHIP = getattr(socket, "IP_ADD_SOURCE_MEMBERSHIP", 39)
-IP_DROP_SOURCE_MEMBERSHIP = getattr(socket, "IP_DROP_SOURCE_MEMBERSHIP", 40)
-MCAST_JOIN_SOURCE_GROUP = getattr(socket, "MCAST_JOIN_SOURCE_GROUP", 46)
-MCAST_LEAVE_SOURCE_GROUP = getattr(socket, "MCAST_LEAVE_SOURCE_GROUP", 47)
-IPV6_MULTICAST_ALL = getattr(socket, "IPV6_MULTICAST_ALL", 29)
-IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
-IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+# IPv4 ones (https://github.com/python/cpython/issues/75989). Elsewhere the
+# numbers differ, so an option Python does not export there is None.
+IP_PKTINFO = _option("IP_PKTINFO", 8)
+IP_MULTICAST_ALL = _option("IP_MULTICAST_ALL", 49)
+IP_ADD_SOURCE_MEMBERSHIP = _option("IP_ADD_SOURCE_MEMBERSHIP", 39)
+IP_DROP_SOURCE_MEMBERSHIP = _option("IP_DROP_SOURCE_MEMBERSHIP", 40)
+MCAST_JOIN_SOURCE_GROUP = _option("MCAST_JOIN_SOURCE_GROUP", 46)
+MCAST_LEAVE_SOURCE_GROUP = _option("MCAST_LEAVE_SOURCE_GROUP", 47)
+IPV6_MULTICAST_ALL = _option("IPV6_MULTICAST_ALL", 29)
+IPV6_RECVPKTINFO = _option("IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = _option("IPV6_PKTINFO", 50)
+
+
+def setopt(skt, level, option, value):
+    """setsockopt, raising OSError(ENOPROTOOPT) for an option this platform lacks (None)."""
+    if option is None:
+        raise OSError(errno.ENOPROTOOPT, "this platform lacks the socket option")
+    skt.setsockopt(level, option, value)
 
 IN_PKTINFO = struct.Struct("=I4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
 IN6_PKTINFO = struct.Struct("=16sI")  # ipi6_addr, ipi6_ifindex
@@ -54,7 +72,7 @@ def sockaddr_storage(address):
 
 
 def group_source_req(ifindex, group, source):
-    """struct group_source_req for MCAST_JOIN_SOURCE_GROUP (either family)."""
+    """struct group_source_req for MCAST_JOIN_SOURCE_GROUP (either family; Linux layout)."""
     return GROUP_SOURCE_REQ.pack(ifindex, sockaddr_storage(group), sockaddr_storage(source))
 
 

@@ -1,0 +1,312 @@
+"""Network namespaces for multicast tests: a gateway and a client namespace over one veth pair.
+
+Nothing here touches this machine's real interfaces: the veth ends are
+created directly inside namespaces the test owns, with private addresses
+that exist only there, and everything is removed in `finally`.
+"""
+
+import base64
+import contextlib
+import functools
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import skip_or_fail
+
+HERE = Path(__file__).resolve().parent
+CLIENT = HERE / "nsclient.py"
+# The twistd script next to this interpreter; else the same entry point through -c
+# (`python -m twisted` is `twist`, which has no -n/--pidfile).
+_SCRIPT = Path(sys.executable).with_name("twistd")
+TWISTD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+_counter = itertools.count(1)
+_LISTENER = re.compile(r"listener (\S+) \((\w+)\) on \[?([^\s\]]+)\]?:(\d+) -> (\S+)")
+
+
+def ip(*args, check=True, timeout=10):
+    """Run `ip ARGS` and return its stdout; raises with stderr on failure."""
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+@functools.lru_cache(maxsize=None)
+def netns_available():
+    """None if `ip netns` works here, else why not."""
+    if shutil.which("ip") is None:
+        return "iproute2 (`ip`) is not installed"
+    if os.geteuid() != 0:
+        return "ip netns needs root"
+    name = f"ugw{os.getpid()}probe"
+    try:
+        ip("netns", "add", name)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        return f"ip netns does not work here: {exc}"
+    ip("netns", "del", name, check=False)
+    return None
+
+
+class NetnsPair:
+    """Two namespaces joined by a veth pair: `gw` (gateway) and `cl` (client)."""
+
+    def __init__(self, n):
+        tag = f"ugw{os.getpid()}x{n}"
+        self.n = n % 250 + 1
+        self.gw, self.cl = f"{tag}g", f"{tag}c"
+        self.gw_if, self.cl_if = "vgw", "vcl"
+        self.gw4, self.cl4 = f"10.254.{self.n}.1", f"10.254.{self.n}.2"
+        self.gw6, self.cl6 = f"fd00:254:{self.n:x}::1", f"fd00:254:{self.n:x}::2"
+        self._background = []
+
+    def create(self):
+        for ns in (self.gw, self.cl):
+            ip("netns", "add", ns)
+            # Link-local addresses usable at once: no duplicate address detection.
+            self.sh(ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
+            ip("-n", ns, "link", "set", "lo", "up")
+        self.make_link()
+        self.address(self.cl, self.cl_if, self.cl4, self.cl6)
+
+    def make_link(self):
+        """(Re)create the veth pair (new ifindexes) with the gateway side addressed and up."""
+        ip("link", "add", self.gw_if, "netns", self.gw, "type", "veth", "peer", "name", self.cl_if, "netns", self.cl)
+        self.address(self.gw, self.gw_if, self.gw4, self.gw6)
+
+    def address(self, ns, ifname, v4, v6):
+        ip("-n", ns, "addr", "add", f"{v4}/24", "dev", ifname)
+        ip("-n", ns, "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
+        ip("-n", ns, "link", "set", ifname, "up")
+        ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", ifname)
+
+    def add_address(self, ns, v4=None, v6=None):
+        """Add secondary addresses to a namespace's veth end."""
+        ifname = self.gw_if if ns == self.gw else self.cl_if
+        if v4:
+            ip("-n", ns, "addr", "add", f"{v4}/24", "dev", ifname)
+        if v6:
+            ip("-n", ns, "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
+
+    def wait_ready(self, timeout=5.0):
+        """Wait until both link-local addresses are usable (not tentative)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.link_local(self.gw) and self.link_local(self.cl):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("IPv6 link-local addresses stayed tentative")
+
+    def link_local(self, ns):
+        """The fe80:: address of the namespace's veth end, or None while tentative."""
+        ifname = self.gw_if if ns == self.gw else self.cl_if
+        out = ip("-n", ns, "-6", "addr", "show", "dev", ifname, "scope", "link")
+        match = re.search(r"inet6 (fe80::[0-9a-f:]+)/64", out)
+        return match.group(1) if match and "tentative" not in out else None
+
+    def ifindex(self, ns, ifname):
+        return int(ip("-n", ns, "-o", "link", "show", "dev", ifname).split(":", 1)[0])
+
+    def sh(self, ns, *argv, timeout=10):
+        done = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(argv)} in {ns}: {done.stderr.strip()}")
+        return done.stdout
+
+    def destroy(self):
+        for proc in self._background:  # clients left waiting by a failed test
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        for ns in (self.gw, self.cl):
+            ip("netns", "del", ns, check=False)
+
+    # -- processes -------------------------------------------------------
+    def python(self, ns, *args, timeout=15, env=None):
+        """Run `python ARGS` inside `ns` and return its stdout (raises on a non-zero exit)."""
+        argv = ["ip", "netns", "exec", ns, sys.executable, *map(str, args)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env(env), cwd=HERE.parent)
+        if done.returncode:
+            raise RuntimeError(f"{args[0]} in {ns} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        return done.stdout
+
+    def client(self, *args, ns=None):
+        """Run tests/nsclient.py in the client namespace; its result with `data` decoded to bytes."""
+        return _client_result(self.python(ns or self.cl, CLIENT, *args, timeout=40))
+
+    def listen(self, *args, ns=None):
+        """Start tests/nsclient.py in the background, return once it is bound (and joined)."""
+        argv = ["ip", "netns", "exec", ns or self.cl, sys.executable, str(CLIENT), "--ready", *map(str, args)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(None))
+        self._background.append(proc)
+        return Listening(proc)
+
+
+class Listening:
+    """A background nsclient.py; `result()` waits (bounded) for its JSON."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        line = proc.stdout.readline()  # nsclient prints "ready" or dies
+        if line.strip() != "ready":
+            self.result()
+            raise RuntimeError(f"client did not start: {line!r}")
+
+    def result(self, timeout=40):
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        if self.proc.returncode:
+            raise RuntimeError(f"client exited {self.proc.returncode}: {err.strip()[-2000:]}")
+        return _client_result(out)
+
+
+def _client_result(out):
+    result = json.loads(out.strip().splitlines()[-1])
+    for reply in result["replies"]:
+        reply["data"] = base64.b64decode(reply["data"])
+    return result
+
+
+def _env(extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+@contextlib.contextmanager
+def netns_pair():
+    """A fresh NetnsPair, skipped (or failed under UDPGATEWAY_REQUIRE_ALL=1) where netns is unavailable."""
+    reason = netns_available()
+    if reason:
+        skip_or_fail(reason)
+    pair = NetnsPair(next(_counter))
+    try:
+        pair.create()
+        pair.wait_ready()
+        yield pair
+    finally:
+        pair.destroy()
+
+
+class GatewayProcess:
+    """`twistd -n udpgateway -c FILE` inside a namespace; its stdout log and stderr read line by line."""
+
+    def __init__(self, ns, config_path, *, workdir, env=None):
+        self.ns = ns
+        self.config = Path(config_path)
+        self.workdir = Path(workdir)
+        self.env = env
+        self.lines, self.errors = [], []  # stdout (the log) and stderr
+        self.proc = None
+        self._changed = threading.Condition()
+        self._threads = []
+
+    def start(self, ready=True, timeout=15.0):
+        workdir = Path(tempfile.mkdtemp(prefix="twistd-", dir=self.workdir))  # twistd writes its pidfile here
+        argv = ["ip", "netns", "exec", self.ns, *TWISTD, "-n", f"--pidfile={workdir / 'twistd.pid'}",
+                "udpgateway", "-c", str(self.config)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     cwd=workdir, env=_env(self.env))
+        self._threads = [threading.Thread(target=self._read, args=pipe, daemon=True)
+                         for pipe in ((self.proc.stdout, self.lines), (self.proc.stderr, self.errors))]
+        for thread in self._threads:
+            thread.start()
+        if ready:
+            self.wait_for("udpgateway ready", timeout)
+        return self
+
+    def _read(self, stream, lines):
+        for line in stream:
+            with self._changed:
+                lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def _find(self, text):
+        return next((line for line in self.lines if text in line), None)
+
+    def wait_for(self, text, timeout=10.0):
+        """The first log line containing `text`; fails with the log so far."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._find(text) or self.proc.poll() is not None, timeout)
+        self._finish_if_exited()
+        line = self._find(text)
+        if line is None:
+            raise AssertionError(f"no log line with {text!r}:\n{self.log_text()}\n" + "\n".join(self.errors))
+        return line
+
+    @property
+    def listeners(self):
+        """{name: [(host, port), ...]} from the "listener NAME (kind) on HOST:PORT" log lines."""
+        found = {}
+        for match in filter(None, map(_LISTENER.search, self.lines)):
+            found.setdefault(match[1], []).append((match[3], int(match[4])))
+        return found
+
+    def log_text(self):
+        return "\n".join(self.lines)
+
+    def stop(self, timeout=15.0):
+        """SIGTERM (this process only) and wait; returns the exit status (-9 if it had to be killed)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.wait_exit(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.wait_exit(5)
+
+    def wait_exit(self, timeout=15.0):
+        """Wait for the process to end by itself; returns its exit status."""
+        status = self.proc.wait(timeout)
+        self._finish_if_exited()
+        return status
+
+    def _finish_if_exited(self):
+        if self.proc.poll() is not None:
+            for thread in self._threads:
+                thread.join(5)
+
+
+@pytest.fixture
+def pair():
+    """A NetnsPair for one test, torn down after it."""
+    with netns_pair() as created:
+        yield created
+
+
+@pytest.fixture
+def run_gateway(pair, tmp_path):
+    """Start gateways in `pair.gw` from YAML text (modules written beside it) or a config `path`;
+    each one still running at the end is stopped with SIGTERM and must exit 0."""
+    started = []
+
+    def start(text=None, *, path=None, modules=None, env=None, ready=True):
+        for module, source in (modules or {}).items():
+            (tmp_path / f"{module}.py").write_text(source)
+        if path is None:
+            path = tmp_path / f"gateway{len(started)}.yaml"
+            path.write_text(text)
+        process = GatewayProcess(pair.gw, path, workdir=tmp_path, env=env)
+        started.append(process)
+        return process.start(ready=ready)
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            status = process.stop()
+            assert status == 0, f"gateway exited {status}:\n{process.log_text()}\n" + "\n".join(process.errors)
