@@ -34,8 +34,9 @@ class Route:
     port: int
     address: tuple
     source: str | None = None
-    ifindex: int = 0
+    ifindex: int = 0            # forced outgoing interface (0: the routing table decides)
     group: str | None = None
+    arrived_on: int = 0         # the interface the request arrived on, where known
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,10 @@ class _PortProtocol(protocol.DatagramProtocol):
         self._listener = listener
         self._index = index
 
+    def logPrefix(self):
+        # Twisted's own lines ("... starting on 9999") then name the listener.
+        return f"listener {self._listener.name}"
+
     def packet_received(self, data, addr, dst, ifindex, spec_dst):
         self._listener.packet_received(self._index, data, addr, dst, ifindex, spec_dst)
 
@@ -298,13 +303,14 @@ class BaseListener(service.Service):
         """Reply from the address the request was sent to (pktinfo), where known."""
         if dst is None:
             return Route(index, addr)
+        arrived_on = ifindex or 0
         if ":" not in dst:
-            return Route(index, addr, spec_dst, ifindex if is_multicast(dst) else 0,
-                         dst if is_multicast(dst) else None)
+            return Route(index, addr, spec_dst, arrived_on if is_multicast(dst) else 0,
+                         dst if is_multicast(dst) else None, arrived_on)
         if is_multicast(dst):
-            return Route(index, addr, None, ifindex or 0, dst)
+            return Route(index, addr, None, arrived_on, dst, arrived_on)
         link_local = ipaddress.ip_address(dst).is_link_local
-        return Route(index, addr, dst, ifindex if link_local else 0)
+        return Route(index, addr, dst, arrived_on if link_local else 0, None, arrived_on)
 
     def connection_refused(self):
         self.counters.incr("connection_refused")

@@ -215,12 +215,12 @@ class MulticastListener(BaseListener):
             raise BadRoute("unknown_token", "the listener's port is closed")
         port = self.ports[route.port]
         groups = [route.group] if route.group else self._groups[port.addressFamily]
-        if not route.ifindex:
+        ifindex = route.ifindex or route.arrived_on
+        if not ifindex:
             raise BadRoute("bad_message", "the request's interface is unknown: cannot reply by multicast")
         sent = False
         for group in groups:
-            sent = self.write(port, data, self._group_address(port, group, route.ifindex),
-                              ifindex=route.ifindex) or sent
+            sent = self.write(port, data, self._group_address(port, group, ifindex), ifindex=ifindex) or sent
         return sent
 
     def announce(self, data):

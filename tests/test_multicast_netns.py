@@ -131,6 +131,16 @@ def test_multicast_reply_goes_to_the_group(pair, run_gateway):  # noqa: F811
         assert message["server"] == [group, 5006]
 
 
+def test_multicast_reply_to_a_unicast_request_goes_to_the_groups(pair, run_gateway):  # noqa: F811
+    """After a unicast request, a `multicast: true` reply goes to the listener's groups on the arrival interface."""
+    start(run_gateway, f"{{name: m, type: multicast, port: 5007, groups: [{G4}]}}")
+    watcher = pair.listen("--port", 5007, "--join", G4, "--ifname", pair.cl_if, "--timeout", 5)
+    assert ask(pair, pair.gw4, 5007, "--data", "multicast", timeout=1)[0] == []
+    reply, message = answer(watcher.result()["replies"])
+    assert (reply["dst"], reply["source"][1]) == (G4, 5007)
+    assert message["server"] == [pair.gw4, 5007]
+
+
 def test_announcement_reaches_group_with_ttl(pair, run_gateway):  # noqa: F811
     """A send_channel message goes to every group with the configured TTL; unicast replies carry it too."""
     start(run_gateway, f"{{name: m, type: multicast, port: 5007, groups: [{G4}, '{G6}'], ttl: 3, "
