@@ -13,26 +13,19 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.processes import GatewayProcess, child_env
 from tests.support import skip_or_fail
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "nsclient.py"
-# The twistd script next to this interpreter; else the same entry point through -c
-# (`python -m twisted` is `twist`, which has no -n/--pidfile).
-_SCRIPT = Path(sys.executable).with_name("twistd")
-TWISTD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 _counter = itertools.count(1)
-_LISTENER = re.compile(r"listener (\S+) \((\w+)\) on \[?([^\s\]]+)\]?:(\d+) -> (\S+)")
 
 
 def ip(*args, check=True, timeout=10):
@@ -136,7 +129,7 @@ class NetnsPair:
     def python(self, ns, *args, timeout=15, env=None):
         """Run `python ARGS` inside `ns` and return its stdout (raises on a non-zero exit)."""
         argv = ["ip", "netns", "exec", ns, sys.executable, *map(str, args)]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env(env), cwd=HERE.parent)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=child_env(env), cwd=HERE.parent)
         if done.returncode:
             raise RuntimeError(f"{args[0]} in {ns} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
         return done.stdout
@@ -148,7 +141,7 @@ class NetnsPair:
     def listen(self, *args, ns=None):
         """Start tests/nsclient.py in the background, return once it is bound (and joined)."""
         argv = ["ip", "netns", "exec", ns or self.cl, sys.executable, str(CLIENT), "--ready", *map(str, args)]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(None))
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
         self._background.append(proc)
         return Listening(proc)
 
@@ -181,13 +174,6 @@ def _client_result(out):
     return result
 
 
-def _env(extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
-    env.update(extra or {})
-    return env
-
-
 @contextlib.contextmanager
 def netns_pair():
     """A fresh NetnsPair, skipped (or failed under UDPGATEWAY_REQUIRE_ALL=1) where netns is unavailable."""
@@ -201,85 +187,6 @@ def netns_pair():
         yield pair
     finally:
         pair.destroy()
-
-
-class GatewayProcess:
-    """`twistd -n udpgateway -c FILE` inside a namespace; its stdout log and stderr read line by line."""
-
-    def __init__(self, ns, config_path, *, workdir, env=None):
-        self.ns = ns
-        self.config = Path(config_path)
-        self.workdir = Path(workdir)
-        self.env = env
-        self.lines, self.errors = [], []  # stdout (the log) and stderr
-        self.proc = None
-        self._changed = threading.Condition()
-        self._threads = []
-
-    def start(self, ready=True, timeout=15.0):
-        workdir = Path(tempfile.mkdtemp(prefix="twistd-", dir=self.workdir))  # twistd writes its pidfile here
-        argv = ["ip", "netns", "exec", self.ns, *TWISTD, "-n", f"--pidfile={workdir / 'twistd.pid'}",
-                "udpgateway", "-c", str(self.config)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     cwd=workdir, env=_env(self.env))
-        self._threads = [threading.Thread(target=self._read, args=pipe, daemon=True)
-                         for pipe in ((self.proc.stdout, self.lines), (self.proc.stderr, self.errors))]
-        for thread in self._threads:
-            thread.start()
-        if ready:
-            self.wait_for("udpgateway ready", timeout)
-        return self
-
-    def _read(self, stream, lines):
-        for line in stream:
-            with self._changed:
-                lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    def _find(self, text):
-        return next((line for line in self.lines if text in line), None)
-
-    def wait_for(self, text, timeout=10.0):
-        """The first log line containing `text`; fails with the log so far."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._find(text) or self.proc.poll() is not None, timeout)
-        self._finish_if_exited()
-        line = self._find(text)
-        if line is None:
-            raise AssertionError(f"no log line with {text!r}:\n{self.log_text()}\n" + "\n".join(self.errors))
-        return line
-
-    @property
-    def listeners(self):
-        """{name: [(host, port), ...]} from the "listener NAME (kind) on HOST:PORT" log lines."""
-        found = {}
-        for match in filter(None, map(_LISTENER.search, self.lines)):
-            found.setdefault(match[1], []).append((match[3], int(match[4])))
-        return found
-
-    def log_text(self):
-        return "\n".join(self.lines)
-
-    def stop(self, timeout=15.0):
-        """SIGTERM (this process only) and wait; returns the exit status (-9 if it had to be killed)."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.wait_exit(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.wait_exit(5)
-
-    def wait_exit(self, timeout=15.0):
-        """Wait for the process to end by itself; returns its exit status."""
-        status = self.proc.wait(timeout)
-        self._finish_if_exited()
-        return status
-
-    def _finish_if_exited(self):
-        if self.proc.poll() is not None:
-            for thread in self._threads:
-                thread.join(5)
 
 
 @pytest.fixture
@@ -301,7 +208,7 @@ def run_gateway(pair, tmp_path):
         if path is None:
             path = tmp_path / f"gateway{len(started)}.yaml"
             path.write_text(text)
-        process = GatewayProcess(pair.gw, path, workdir=tmp_path, env=env)
+        process = GatewayProcess(path, env=env, ns=pair.gw)
         started.append(process)
         return process.start(ready=ready)
 
