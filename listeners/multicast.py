@@ -8,7 +8,8 @@ from twisted.logger import Logger
 
 from gateway import interfaces as ifaces
 from listeners import sockopts
-from listeners.base import MAX_PACKET, BadRoute, BaseListener, GatewayMulticastPort, _PortProtocol
+from listeners.base import BadRoute, BaseListener
+from listeners.ports import MAX_PACKET, GatewayMulticastPort, _PortProtocol
 
 log = Logger()
 

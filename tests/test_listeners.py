@@ -7,7 +7,8 @@ from twisted.internet.task import Clock
 from gateway.config import ListenerConfig, Remote
 from gateway.stats import Counters, QuietLog
 from listeners import KINDS
-from listeners.base import Route, _PortProtocol, display_address
+from listeners.base import Route, display_address
+from listeners.ports import _PortProtocol
 
 
 def make(kind="plain", **overrides):
