@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from gateway import config as config_module
+from gateway import _checker as checker_module
 from gateway import interfaces
 from gateway.config import (
     GatewayConfig,
@@ -64,7 +64,7 @@ def isolated(monkeypatch):
     """Fixture modules, sys.path, the environment and sysctls are restored or fixed for each test."""
     saved_path = list(sys.path)
     monkeypatch.delenv("UDPGW_TEST_UNSET", raising=False)
-    monkeypatch.setattr(config_module, "read_sysctl", lambda name: None)
+    monkeypatch.setattr(checker_module, "read_sysctl", lambda name: None)
     yield
     sys.path[:] = saved_path
     for name in [n for n in sys.modules if n.startswith("cfg")]:
@@ -747,7 +747,7 @@ def test_no_multicast_interface_of_a_family_is_a_warning(load, host):
 
 def test_igmp_sysctl_warnings(load, monkeypatch):
     """Past Linux's igmp_max_memberships or igmp_max_msf a multicast listener gets a warning naming the sysctl."""
-    monkeypatch.setattr(config_module, "read_sysctl", {"igmp_max_memberships": 3, "igmp_max_msf": 1}.get)
+    monkeypatch.setattr(checker_module, "read_sysctl", {"igmp_max_memberships": 3, "igmp_max_msf": 1}.get)
     groups = "[232.1.1.1, 232.1.1.2, 'ff3e::1']"
     text = doc(M.replace("[224.0.0.251]", groups) + ", interfaces: [test0, v4only0], sources: [192.0.2.7, 192.0.2.8]")
     config, problems = load(text)
