@@ -2,6 +2,7 @@
 
 import asyncio
 
+from gateway.health import error_text
 from gateway.messages import build_receive
 
 SEND_QUEUE = 1000  # datagrams waiting for a layer send; past it the arriving one is dropped
@@ -76,7 +77,7 @@ class Delivery:
             except Exception as exc:
                 self._unreserve()
                 reason = "channel_full" if type(exc).__name__ == "ChannelFull" else "layer_error"
-                self._drop(reason, f"sending to {channel} failed: {exc!r}")
+                self._drop(reason, f"sending to {channel} failed: {error_text(exc)}")
             finally:
                 self._queue.task_done()
 

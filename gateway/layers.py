@@ -360,11 +360,13 @@ def make_layer(backend, config, cls=None):
 
 
 def redis_channel_layer_config(config):
-    """channels_redis kwargs: each host a dict with "address", socket_timeout None.
+    """channels_redis kwargs: each host a dict with "address", socket_timeout None, one retry.
 
     redis-py 8 gives every connection a 5 s socket_timeout, which also bounds the
     blocking BZPOPMIN of an idle receive (channels_redis blocks up to 5 s): the
-    receive then fails unless the host sets socket_timeout None.
+    receive then fails unless the host sets socket_timeout None. After a Redis
+    restart every pooled connection fails once ("Connection closed by server"):
+    retrying once on ConnectionError reconnects instead of losing that message.
     """
     config = dict(config)
     hosts = config.get("hosts") or _DEFAULT_REDIS_HOSTS
@@ -385,4 +387,17 @@ def _redis_host(host):
     else:
         host = {"address": host}
     host.setdefault("socket_timeout", None)
+    if not {"retry", "retry_on_error", "retry_on_timeout"} & host.keys():
+        retry_on = _redis_connection_error()
+        if retry_on is not None:
+            host["retry_on_error"] = [retry_on]  # redis-py: Retry(NoBackoff(), 1) on these
     return host
+
+
+def _redis_connection_error():
+    """redis-py's ConnectionError (retried once), or None without redis-py."""
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+    except ImportError:  # pragma: no cover - channels_redis requires redis
+        return None
+    return RedisConnectionError

@@ -4,6 +4,7 @@ import asyncio
 
 from twisted.logger import Logger
 
+from gateway.health import error_text
 from gateway.layers import has_prefix_receive
 from gateway.messages import BadReply, validate_send
 from listeners.base import BadRoute
@@ -64,7 +65,7 @@ class ReplyPump:
                 raise
             except Exception as exc:
                 self.counters.incr("layer_errors")
-                self.quiet.warn("pump-receive", "receiving replies failed: {err!r}", err=exc)
+                self.quiet.warn("pump-receive", "receiving replies failed: {err}", err=error_text(exc))
                 await asyncio.sleep(_RETRY_DELAY)
                 continue
             self.handle(channel, message)

@@ -5,6 +5,7 @@ import asyncio
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.health import error_text
 from gateway.messages import SEND_TYPE
 
 log = Logger()
@@ -99,8 +100,8 @@ class AppRunner:
             except Exception as exc:
                 self._release_slot()
                 self.counters.incr("layer_errors")
-                self.quiet.warn(f"receive-{channel}", "receiving from {channel} failed: {err!r}",
-                                channel=channel, err=exc)
+                self.quiet.warn(f"receive-{channel}", "receiving from {channel} failed: {err}",
+                                channel=channel, err=error_text(exc))
                 await asyncio.sleep(_RETRY_DELAY)
                 continue
             if self.reserve_mode:

@@ -9,14 +9,19 @@ from twisted.logger import Logger
 from gateway import health, layers
 from gateway.lifespan import Lifespan
 from gateway.runner import AppRunner
-from gateway.service import DRAIN_TIMEOUT, install_stop_handlers
+from gateway.service import DRAIN_TIMEOUT, REPORT_INTERVAL, install_stop_handlers
 from gateway.stats import CounterReporter, Counters, QuietLog
 
 log = Logger()
 
 
 class WorkerService(service.Service):
-    """Consumes `channels` and runs the application; stops receiving at max_concurrency."""
+    """Consumes `channels` and runs the application, several messages at once.
+
+    At `max_concurrency` calls in flight it stops receiving (AppRunner takes a
+    slot before each receive), so the messages wait in the layer for another
+    worker instead of piling up here.
+    """
 
     def __init__(self, config, app, channels, *, reactor, on_fatal=None, signals=False):
         self.config = config
@@ -28,7 +33,7 @@ class WorkerService(service.Service):
         self._reactor = reactor
         self._on_fatal = on_fatal
         self._signals = signals
-        self._reporter = CounterReporter(self.counters, log, interval=60.0, clock=reactor)
+        self._reporter = CounterReporter(self.counters, log, interval=REPORT_INTERVAL, clock=reactor)
         self.layer = self.runner = self.lifespan = None
         self._stopping = None
 
@@ -46,16 +51,17 @@ class WorkerService(service.Service):
         self.layer = layers.BoundedLayer(layers.make_layer(backend.backend, dict(backend.config)),
                                          limits.max_layer_sends)
         await health.check_reachable(self.layer.inner)
-        if type(self.layer.inner).__name__ == "RedisPubSubChannelLayer":
-            log.warn("RedisPubSubChannelLayer hands every message to every worker: each datagram "
-                     "is answered once per running worker")
+        if _delivers_to_every_receiver(self.layer.inner):
+            log.warn("{layer} delivers each message to every worker receiving its channel: each datagram "
+                     "is handled (and answered) once per running worker", layer=type(self.layer.inner).__name__)
         self.runner = AppRunner(self.app, self.layer, self.channels, max_concurrency=limits.max_concurrency,
                                 counters=self.counters, quiet=self.quiet)
         self.lifespan = Lifespan(self.app, self.layer)
         await self.lifespan.startup()
         self.runner.start()
         self._reporter.start()
-        log.info("udpgateway worker consuming {channels}", channels=", ".join(self.runner.channels))
+        log.info("udpgateway worker consuming {channels} (up to {n} messages at once)",
+                 channels=", ".join(self.runner.channels), n=limits.max_concurrency)
 
     def stopService(self):
         service.Service.stopService(self)
@@ -64,6 +70,7 @@ class WorkerService(service.Service):
         return self._stopping
 
     async def _stop(self):
+        """Stop receiving, drain in-flight calls, lifespan shutdown, close the layer."""
         if self.runner is not None:
             self.runner.stop_receiving()
             await self.runner.drain(DRAIN_TIMEOUT)
@@ -74,6 +81,11 @@ class WorkerService(service.Service):
             await health.close_layer(self.layer.inner)
 
 
+def _delivers_to_every_receiver(layer):
+    """channels_redis' pub/sub layer: every subscriber of a channel gets each message."""
+    return any(getattr(base, "__module__", "") == "channels_redis.pubsub" for base in type(layer).__mro__)
+
+
 def _fatal_line(failure):
     exc = failure.value
     if isinstance(exc, health.LayerUnreachable):
@@ -81,4 +93,4 @@ def _fatal_line(failure):
     if type(exc).__name__ == "LifespanFailure":
         return f"lifespan startup failed: {exc}"
     log.failure("udpgateway worker failed to start", failure=failure)
-    return f"udpgateway worker failed to start: {exc!r}"
+    return f"udpgateway worker failed to start: {health.error_text(exc)}"

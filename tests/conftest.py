@@ -89,3 +89,27 @@ def no_leftovers(request):
     for call in leftover:
         call.cancel()
     assert not leftover, f"delayed calls left behind: {leftover}"
+
+
+@pytest.fixture
+def redis_server():
+    """A redis-server of our own on 127.0.0.1 and a random port, stopped by its PID after the test."""
+    from tests.redisserver import start_redis_server
+
+    server = start_redis_server()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def shared_redis():
+    """One redis-server for a module's tests that never stop it; flushed by each test that needs it."""
+    from tests.redisserver import start_redis_server
+
+    server = start_redis_server()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -610,10 +610,18 @@ def test_make_layer_imports_backend():
     assert isinstance(layer, InMemoryChannelLayer) and layer.capacity == 3
 
 
+def _redis_defaults(**host):
+    """A host dict as normalised: socket_timeout None and one retry on redis-py's ConnectionError."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return {**host, "socket_timeout": None, "retry_on_error": [RedisConnectionError], **host}
+
+
 def test_make_layer_redis_hosts_normalised():
-    """A channels_redis layer gets dict hosts with socket_timeout None, accepted by create_pool."""
+    """A channels_redis layer gets dict hosts with socket_timeout None and a retry, accepted by create_pool."""
     from channels_redis.core import RedisChannelLayer
     from channels_redis.utils import create_pool
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     layer = make_layer(
         "channels_redis.core.RedisChannelLayer",
@@ -621,10 +629,13 @@ def test_make_layer_redis_hosts_normalised():
         cls=RedisChannelLayer,
     )
     assert layer.prefix == "gw"
-    assert layer.hosts == [{"address": "redis://10.1.2.3:6380", "socket_timeout": None}]
+    assert layer.hosts == [_redis_defaults(address="redis://10.1.2.3:6380")]
     pool = create_pool(layer.hosts[0])  # builds the pool without connecting
     kwargs = pool.connection_kwargs
     assert (kwargs["host"], kwargs["port"], kwargs["socket_timeout"]) == ("10.1.2.3", 6380, None)
+    connection = pool.make_connection()  # not connected yet
+    assert connection.retry.get_retries() == 1
+    assert RedisConnectionError in connection.retry._supported_errors
 
 
 def test_make_layer_redis_subclass_and_pubsub():
@@ -635,25 +646,23 @@ def test_make_layer_redis_subclass_and_pubsub():
     class Mine(RedisChannelLayer):
         pass
 
-    assert make_layer("x.Mine", {}, cls=Mine).hosts == [
-        {"address": "redis://127.0.0.1:6379", "socket_timeout": None}
-    ]
+    assert make_layer("x.Mine", {}, cls=Mine).hosts == [_redis_defaults(address="redis://127.0.0.1:6379")]
     pubsub = make_layer("p", {"hosts": ["redis://h:1/2"]}, cls=RedisPubSubChannelLayer)
-    assert pubsub._kwargs["hosts"] == [{"address": "redis://h:1/2", "socket_timeout": None}]
+    assert pubsub._kwargs["hosts"] == [_redis_defaults(address="redis://h:1/2")]
 
 
 @pytest.mark.parametrize(
     "hosts, expected",
     [
-        (None, [{"address": "redis://127.0.0.1:6379", "socket_timeout": None}]),
-        ([], [{"address": "redis://127.0.0.1:6379", "socket_timeout": None}]),
-        (["redis://r:6379/0"], [{"address": "redis://r:6379/0", "socket_timeout": None}]),
-        ([("r", 7000)], [{"address": "redis://r:7000", "socket_timeout": None}]),
-        ([["r", 7000]], [{"address": "redis://r:7000", "socket_timeout": None}]),
-        ([("::1", 6379)], [{"address": "redis://[::1]:6379", "socket_timeout": None}]),
+        (None, [{"address": "redis://127.0.0.1:6379"}]),
+        ([], [{"address": "redis://127.0.0.1:6379"}]),
+        (["redis://r:6379/0"], [{"address": "redis://r:6379/0"}]),
+        ([("r", 7000)], [{"address": "redis://r:7000"}]),
+        ([["r", 7000]], [{"address": "redis://r:7000"}]),
+        ([("::1", 6379)], [{"address": "redis://[::1]:6379"}]),
         (
             [{"address": "rediss://r:6380", "ssl_cert_reqs": None}],
-            [{"address": "rediss://r:6380", "ssl_cert_reqs": None, "socket_timeout": None}],
+            [{"address": "rediss://r:6380", "ssl_cert_reqs": None}],
         ),
         (
             [{"address": "redis://r", "socket_timeout": 30}],
@@ -661,15 +670,24 @@ def test_make_layer_redis_subclass_and_pubsub():
         ),
         (
             [{"master_name": "m", "sentinels": [("s", 26379)]}],
-            [{"master_name": "m", "sentinels": [("s", 26379)], "socket_timeout": None}],
+            [{"master_name": "m", "sentinels": [("s", 26379)]}],
         ),
         ("redis://r", "redis://r"),
     ],
 )
 def test_redis_channel_layer_config(hosts, expected):
-    """Each host becomes a dict with an address and socket_timeout None unless set."""
+    """Each host becomes a dict with an address, socket_timeout None unless set, and one retry."""
     config = {"capacity": 10} if hosts is None else {"hosts": hosts, "capacity": 10}
+    if not isinstance(expected, str):
+        expected = [_redis_defaults(**host) for host in expected]
     assert redis_channel_layer_config(config) == {"hosts": expected, "capacity": 10}
+
+
+@pytest.mark.parametrize("key, value", [("retry_on_error", []), ("retry_on_timeout", True), ("retry", None)])
+def test_redis_channel_layer_config_keeps_own_retry(key, value):
+    """A host that chooses its own retry policy gets none added."""
+    (host,) = redis_channel_layer_config({"hosts": [{"address": "redis://r", key: value}]})["hosts"]
+    assert host == {"address": "redis://r", key: value, "socket_timeout": None}
 
 
 def test_redis_channel_layer_config_copies():

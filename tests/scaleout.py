@@ -1,0 +1,107 @@
+"""Shared by the Redis tests: the worker application, config files, and log checks for real processes."""
+
+import asyncio
+import os
+import re
+from pathlib import Path
+
+from gateway.consumer import UDPConsumer
+from tests.processes import GatewayProcess, WorkerProcess
+
+APPLICATION = "tests.scaleout:application"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+REDIS_BACKEND = "channels_redis.core.RedisChannelLayer"
+PUBSUB_BACKEND = "channels_redis.pubsub.RedisPubSubChannelLayer"
+# Lines that must never appear in a process's output: crashes and leaked connections or tasks.
+# As examples/redis.yaml: room for bursts in the queues that carry datagrams (default capacity 100).
+BURST_CAPACITY = '    channel_capacity: {"udp.receive": 10000, "udp.send.*": 10000}\n'
+BAD_LOG_TEXT = ("Traceback", "Unclosed", "Task was destroyed", "never retrieved", "Unhandled error")
+
+
+class Tagged(UDPConsumer):
+    """Replies `<data> <worker pid> <gateway id>`, after UDPGATEWAY_TEST_DELAY seconds (default 0)."""
+
+    async def udp_receive(self, message):
+        delay = float(os.environ.get("UDPGATEWAY_TEST_DELAY") or 0)
+        if delay:
+            await asyncio.sleep(delay)
+        gateway = message["reply_channel"].partition("!")[0].removeprefix("udp.send.")
+        await self.reply(message, b" ".join([message["data"], str(os.getpid()).encode(), gateway.encode()]))
+
+
+application = Tagged.as_asgi()
+
+
+# Children show ResourceWarnings (unclosed sockets and pools), which Python hides by default.
+CHILD_ENV = {"PYTHONWARNINGS": "always::ResourceWarning", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def gateway_process(path, env=None):
+    """`twistd -n udpgateway -c path`, warnings shown."""
+    return GatewayProcess(path, env={**CHILD_ENV, **(env or {})})
+
+
+def worker_process(path, env=None, application=APPLICATION):
+    """`udpgateway worker -c path` running the Tagged application, warnings shown."""
+    return WorkerProcess(path, env={**CHILD_ENV, "UDPGATEWAY_APPLICATION": application, **(env or {})})
+
+
+def tag(reply):
+    """(data, worker pid, gateway id) of a Tagged reply."""
+    data, pid, gateway = reply.data.split()
+    return data, int(pid), gateway.decode()
+
+
+def write_config(directory, redis_url, *, port=0, backend=REDIS_BACKEND, reuse_port=False, application=None,
+                 layer_config=BURST_CAPACITY, limits=""):
+    """A gateway.yaml for a Redis-backed gateway and its workers, as examples/redis.yaml does it."""
+    text = f"""\
+channel_layer:
+  backend: {backend}
+  config:
+    hosts: ["{redis_url}"]
+{layer_config}"""
+    # Gateways run without an application; workers get theirs from UDPGATEWAY_APPLICATION.
+    text += f"application: {application or '${UDPGATEWAY_APPLICATION:-}'}\n"
+    text += f"""\
+listeners:
+  - name: echo
+    type: plain
+    bind: 127.0.0.1
+    port: {port}
+    reuse_port: {'true' if reuse_port else 'false'}
+"""
+    if limits:
+        text += "limits:\n" + limits
+    path = Path(directory) / f"gateway-{port}-{len(list(Path(directory).glob('gateway-*.yaml')))}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def example_config(directory):
+    """examples/redis.yaml copied next to the test's other files (processes get a cwd beside their config)."""
+    path = Path(directory) / "redis.yaml"
+    path.write_text((EXAMPLES / "redis.yaml").read_text())
+    return str(path)
+
+
+def gateway_id(process):
+    """The gateway id a running gateway process logged at startup."""
+    line = process.wait_for("reply channels udp.send.")
+    return re.search(r"reply channels udp\.send\.([^!\s]+)!", line)[1]
+
+
+def counters(process):
+    """The last counters summary of a stopped process, as {name: value}."""
+    lines = [line for line in process.lines if "counters:" in line]
+    if not lines:
+        return {}
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", lines[-1].split("counters:", 1)[1])}
+
+
+def assert_clean_log(*processes):
+    """No traceback, unclosed connection or destroyed task in any of the processes' output."""
+    for process in processes:
+        text = "\n".join(process.lines + process.errors)
+        bad = [marker for marker in BAD_LOG_TEXT if marker in text]
+        assert not bad, f"{process.argv}: {bad} in its output:\n{process.log_text()}"

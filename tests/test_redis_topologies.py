@@ -1,0 +1,266 @@
+"""Scaling out over a real redis-server: gateways, `udpgateway worker` processes and Django's runworker."""
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import asyncio
+
+import pytest
+
+from tests import apps
+from tests.processes import UDPGATEWAY, Process, child_env
+from tests.scaleout import (
+    CHILD_ENV,
+    EXAMPLES,
+    PUBSUB_BACKEND,
+    REDIS_BACKEND,
+    assert_clean_log,
+    counters,
+    example_config,
+    gateway_id,
+    gateway_process,
+    tag,
+    worker_process,
+    write_config,
+)
+from tests.support import aio, listener_address, stop
+from tests.udpclients import Clients
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def redis(shared_redis):
+    shared_redis.flushall()
+    return shared_redis
+
+
+def start_gateway(processes, path, env=None):
+    gateway = processes.start(gateway_process(path, env))
+    return gateway, ("127.0.0.1", gateway.port("echo")), gateway_id(gateway)
+
+
+def stop_all(*started):
+    """Stop each process by PID; every one must exit 0 with a clean log."""
+    for process in started:
+        assert process.stop() == 0, process.log_text()
+    assert_clean_log(*started)
+
+
+def test_shipped_example_gateway_and_two_workers_share_the_work(tmp_path, processes, redis):
+    """examples/redis.yaml: a gateway without application and two workers answer every datagram, both working."""
+    path = example_config(tmp_path)
+    env = {"REDIS_URL": redis.url, "UDPGATEWAY_PORT": "0"}
+    gateway, address, gid = start_gateway(processes, path, env)
+    workers = [processes.start(worker_process(path, env=env)) for _ in range(2)]
+    with Clients(20) as clients:
+        clients.until_answered(address)
+        sent = clients.burst(400, address)
+        replies = clients.collect(sent, timeout=10)
+    answered = {tag(r)[0] for r in replies}
+    assert answered == set(sent)
+    assert all(r.source == address for r in replies)
+    by_worker = Counter(tag(r)[1] for r in replies)
+    assert set(by_worker) == {w.pid for w in workers}, by_worker
+    assert {tag(r)[2] for r in replies} == {gid}
+    stop_all(gateway, *workers)
+
+
+def test_two_gateways_each_reply_leaves_through_its_receiver(tmp_path, processes, redis):
+    """Two gateways on different ports share one Redis and two workers; each reply leaves the gateway asked."""
+    gateways = [start_gateway(processes, write_config(tmp_path, redis.url)) for _ in range(2)]
+    workers = [processes.start(worker_process(gateways[0][0].argv[-1])) for _ in range(2)]
+    assert gateways[0][1] != gateways[1][1] and gateways[0][2] != gateways[1][2]
+    with Clients(10) as clients:
+        for _, address, _ in gateways:
+            clients.until_answered(address)
+        sent = []
+        for n, (_, address, _) in enumerate(gateways):
+            sent += clients.burst(200, address, prefix=b"g%d-" % n)
+        replies = clients.collect(sent, timeout=10)
+    assert {tag(r)[0] for r in replies} == set(sent)
+    for reply in replies:
+        data, _pid, gid = tag(reply)
+        n = int(data[1:2])
+        assert reply.source == gateways[n][1], (reply, gateways[n][1])
+        assert gid == gateways[n][2], reply
+    assert len({tag(r)[1] for r in replies}) == 2
+    stop_all(*(g for g, _, _ in gateways), *workers)
+
+
+def test_reuse_port_two_gateways_share_one_port(tmp_path, processes, redis):
+    """With reuse_port two gateways share a port; each answers the clients the kernel gave it, from that port."""
+    first, address, first_id = start_gateway(processes, write_config(tmp_path, redis.url, reuse_port=True))
+    second, second_address, second_id = start_gateway(
+        processes, write_config(tmp_path, redis.url, port=address[1], reuse_port=True))
+    assert second_address == address
+    worker = processes.start(worker_process(first.argv[-1]))
+    with Clients(40) as clients:
+        clients.until_answered(address)
+        sent = clients.burst(400, address)
+        replies = clients.collect(sent, timeout=10)
+        clients.drain(0.3)  # late replies to probes: the gateways' counters include them
+    assert {tag(r)[0] for r in replies} == set(sent)
+    assert all(r.source == address for r in replies)
+    # The kernel picks a socket per client address: each client talks to one gateway only.
+    per_client = {}
+    for reply in replies:
+        per_client.setdefault(reply.client, set()).add(tag(reply)[2])
+    assert all(len(ids) == 1 for ids in per_client.values()), per_client
+    answered_by = Counter(tag(r)[2] for r in replies if not r.data.startswith(b"probe"))
+    assert set(answered_by) == {first_id, second_id}, answered_by
+    stop_all(first, second, worker)
+    # Each gateway wrote exactly the replies carrying its own id (one worker: no duplicates).
+    for gateway, gid in ((first, first_id), (second, second_id)):
+        mine = sum(1 for r in clients.replies if tag(r)[2] == gid)  # probes included
+        assert counters(gateway)["replied"] == mine == counters(gateway)["received"], gateway.log_text()
+
+
+def test_django_runworker_answers_through_the_gateway(tmp_path, processes, redis):
+    """examples/django_worker: `manage.py runworker udp.receive` with an unmodified AsyncConsumer answers."""
+    pytest.importorskip("django")
+    pytest.importorskip("channels")
+    path = example_config(tmp_path)
+    env = {"REDIS_URL": redis.url, "UDPGATEWAY_PORT": "0"}
+    gateway, address, _gid = start_gateway(processes, path, env)
+    project = EXAMPLES / "django_worker"
+    runworker = processes.start(
+        Process([sys.executable, "manage.py", "runworker", "udp.receive"], cwd=str(project),
+                env={**CHILD_ENV, **env}), ready=False)
+    with Clients(10) as clients:
+        clients.until_answered(address, timeout=20)
+        sent = clients.burst(100, address)
+        replies = clients.collect(sent, timeout=10)
+    assert {r.data for r in replies} >= set(sent)
+    assert all(r.source == address for r in replies)
+    assert runworker.proc.poll() is None
+    runworker.send_signal(signal.SIGINT)  # what Ctrl-C does; runworker has no SIGTERM handler of its own
+    assert runworker.wait_exit(20) == 0, runworker.log_text()
+    stop_all(gateway)
+    assert_clean_log(runworker)
+
+
+def test_worker_checks_only_the_schema(tmp_path, processes, redis):
+    """A worker starts with listeners on interfaces this host lacks (workers run elsewhere); check refuses them."""
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text(f"""\
+channel_layer:
+  backend: {REDIS_BACKEND}
+  config: {{hosts: ["{redis.url}"]}}
+application: ${{UDPGATEWAY_APPLICATION:-}}
+listeners:
+  - {{name: lan, type: plain, bind: nosuchif0, port: 5683}}
+  - {{name: ssdp, type: multicast, port: 1900, groups: [239.255.255.250], interfaces: [nosuchif1]}}
+""")
+    worker = processes.start(worker_process(str(path)))
+    assert "udp.receive" in worker.wait_for("udpgateway worker consuming")
+    done = subprocess.run([str(UDPGATEWAY), "check", "-c", str(path)], capture_output=True, text=True,
+                          env=child_env(), timeout=60)
+    assert done.returncode == 2 and "nosuchif0" in done.stderr
+    stop_all(worker)
+
+
+def test_worker_at_max_concurrency_stops_receiving(tmp_path, processes, redis):
+    """A worker busy with max_concurrency calls receives no more: the other worker answers the rest at once."""
+    path = write_config(tmp_path, redis.url, limits="  max_concurrency: 2\n")
+    gateway, address, _ = start_gateway(processes, path)
+    slow = processes.start(worker_process(path, env={"UDPGATEWAY_TEST_DELAY": "4"}))
+    with Clients(1) as clients:
+        # Only the slow worker runs: it takes two messages, the rest wait in Redis.
+        sent = clients.burst(6, address)
+        time.sleep(0.5)
+        fast = processes.start(worker_process(path))
+        early = clients.collect(sent, timeout=1.5)  # the slow worker answers 4 s after receiving
+        late = clients.collect(sent, timeout=5)
+    assert Counter(tag(r)[1] for r in early) == {fast.pid: 4}, early
+    assert Counter(tag(r)[1] for r in late) == {slow.pid: 2}, late
+    assert {tag(r)[0] for r in early + late} == set(sent)
+    stop_all(gateway, slow, fast)
+
+
+def test_worker_runs_several_messages_at_once(tmp_path, processes, redis):
+    """One worker runs up to max_concurrency slow calls concurrently, not one after another."""
+    path = write_config(tmp_path, redis.url, limits="  max_concurrency: 50\n")
+    gateway, address, _ = start_gateway(processes, path)
+    worker = processes.start(worker_process(path, env={"UDPGATEWAY_TEST_DELAY": "1"}))
+    with Clients(10) as clients:
+        started = time.monotonic()
+        sent = clients.burst(40, address)
+        replies = clients.collect(sent, timeout=5)
+        elapsed = time.monotonic() - started
+    assert {tag(r)[0] for r in replies} == set(sent)
+    assert elapsed < 2.5, elapsed  # 40 one-second calls: concurrent
+    stop_all(gateway, worker)
+
+
+def test_idle_gateway_and_worker_still_answer(tmp_path, processes, redis):
+    """After more than 6 idle seconds (redis-py 8's 5 s socket timeout) a datagram is answered at once, no errors."""
+    path = write_config(tmp_path, redis.url)
+    gateway, address, _ = start_gateway(processes, path)
+    worker = processes.start(worker_process(path))
+    with Clients(1) as clients:
+        clients.until_answered(address)
+        connections = int(redis.info()["total_connections_received"])
+        time.sleep(6.5)
+        # A 5 s socket timeout would have broken each blocking receive, and a retry reconnected it.
+        assert int(redis.info()["total_connections_received"]) == connections + 1  # this INFO's own
+        started = time.monotonic()
+        clients.exchange(b"after-idle", address, timeout=2)
+        assert time.monotonic() - started < 0.5
+    for process in (gateway, worker):
+        assert not any("failed" in line for line in process.lines), process.log_text()
+    stop_all(gateway, worker)
+    assert "layer_errors" not in counters(gateway) and "layer_errors" not in counters(worker)
+
+
+def test_pubsub_layer_replies_and_warns(tmp_path, processes, redis):
+    """RedisPubSubChannelLayer: replies work through per-token receives; every worker answers every datagram."""
+    path = write_config(tmp_path, redis.url, backend=PUBSUB_BACKEND)
+    gateway, address, _ = start_gateway(processes, path)
+    gateway.wait_for("one receive per live reply channel (costs more per client)")
+    workers = [processes.start(worker_process(path)) for _ in range(2)]
+    for worker in workers:
+        worker.wait_for("delivers each message to every worker")
+    with Clients(10) as clients:
+        clients.until_answered(address)
+        clients.drain(0.5)
+        sent = clients.burst(50, address)
+        replies = clients.collect(sent, timeout=10)
+        replies += [r for r in clients.drain(1.0) if tag(r)[0] in set(sent)]
+    assert {tag(r)[0] for r in replies} == set(sent)
+    per_datagram = Counter(tag(r)[0] for r in replies)
+    assert set(per_datagram.values()) == {2}, per_datagram  # once per worker, as documented
+    assert all(r.source == address for r in replies)
+    stop_all(gateway, *workers)
+
+
+@pytest.mark.parametrize("backend", [REDIS_BACKEND, PUBSUB_BACKEND])
+@aio
+async def test_stop_closes_every_redis_connection(gateway, client, redis, backend):
+    """A gateway with an application over Redis closes every connection it opened when it stops."""
+    text = f"""\
+channel_layer:
+  backend: {backend}
+  config: {{hosts: ["{redis.url}"]}}
+listeners:
+  - {{name: echo, type: plain, bind: 127.0.0.1, port: 0}}
+"""
+    service = await gateway(text, app=apps.Echo.as_asgi())
+    c = await client()
+    address = listener_address(service, "echo")
+    for attempt in range(20):  # the pub/sub layer subscribes udp.receive in the background
+        c.send(b"hello", address)
+        try:
+            assert (await c.receive(0.25))[0] == b"hello"
+            break
+        except asyncio.TimeoutError:
+            continue
+    else:
+        raise AssertionError("no reply")
+    assert int(redis.info(b"clients")["connected_clients"]) > 1
+    await stop(service)
+    await asyncio.sleep(0.1)  # let Redis notice the closed sockets
+    assert redis.info(b"clients")["connected_clients"] == "1"  # only this INFO's own connection
