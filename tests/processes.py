@@ -3,6 +3,7 @@
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ class Process:
 
     def __init__(self, argv, *, cwd=None, env=None, ns=None):
         self.argv = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in argv]
+        self._own_cwd = cwd is None
         self.cwd = cwd or tempfile.mkdtemp(prefix="udpgateway-proc-")
         self.env = env
         self.lines, self.errors, self.listeners = [], [], {}
@@ -131,6 +133,8 @@ class Process:
         for thread in self._threads:
             thread.join(5)
         self._drain()
+        if self._own_cwd:
+            shutil.rmtree(self.cwd, ignore_errors=True)
 
 
 class GatewayProcess(Process):
@@ -139,9 +143,10 @@ class GatewayProcess(Process):
     ready_text = "udpgateway ready"
 
     def __init__(self, config_path, *, env=None, ns=None):
-        cwd = tempfile.mkdtemp(prefix="twistd-", dir=Path(config_path).parent)
+        cwd = tempfile.mkdtemp(prefix="udpgateway-twistd-")  # twistd leaves twistd.pid here, not beside the config
         argv = [TWISTD, "-n", f"--pidfile={cwd}/twistd.pid", "udpgateway", "-c", config_path]
         super().__init__(argv, cwd=cwd, env=env, ns=ns)
+        self._own_cwd = True
 
 
 class WorkerProcess(Process):
