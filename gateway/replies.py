@@ -5,6 +5,7 @@ import asyncio
 from twisted.logger import Logger
 
 from gateway.health import error_text
+from gateway import redisreceive
 from gateway.layers import has_prefix_receive
 from gateway.messages import BadReply, validate_send
 from listeners.base import BadRoute
@@ -31,6 +32,7 @@ class ReplyPump:
         self.counters = counters
         self.quiet = quiet
         self.prefix_receive = has_prefix_receive(layer)
+        self._receive = redisreceive.receiver(layer)
         self._loops = []
         self._watchers = {}
 
@@ -54,7 +56,7 @@ class ReplyPump:
 
     def _receiver(self, channel):
         async def receive():
-            return channel, await self.layer.receive(channel)
+            return channel, await self._receive(channel)
         return receive
 
     async def _loop(self, receive):

@@ -5,6 +5,7 @@ import asyncio
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import redisreceive
 from gateway.health import error_text
 from gateway.messages import SEND_TYPE
 
@@ -49,6 +50,7 @@ class AppRunner:
         self.counters = counters
         self.quiet = quiet
         self.reserve_mode = reserve
+        self._receive = redisreceive.receiver(layer)
         self._reserved = 0
         self._slots = None
         self._loops = []
@@ -93,7 +95,7 @@ class AppRunner:
             if not self.reserve_mode:
                 await self._slots.acquire()
             try:
-                message = await self.layer.receive(channel)
+                message = await self._receive(channel)
             except asyncio.CancelledError:
                 self._release_slot()
                 raise
