@@ -33,7 +33,7 @@ async def check_reachable(layer):
     """Ping each Redis host of a channels_redis layer; other layers are in-process or lazy."""
     if not is_redis_layer(layer):
         return
-    from gateway.redisprobe import ping_hosts
+    from gateway.redislayer import ping_hosts
 
     await ping_hosts(layer, PROBE_TIMEOUT)
 
@@ -48,7 +48,7 @@ async def close_layer(layer, timeout=CLOSE_TIMEOUT):
 
 async def _close(layer):
     if is_redis_layer(layer):
-        from gateway.redisprobe import close_redis_layer
+        from gateway.redislayer import close_redis_layer
 
         await close_redis_layer(layer)
         return

@@ -7,10 +7,11 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Mapping
 from contextlib import suppress
 from copy import deepcopy
 from itertools import count
+
+from gateway.redislayer import redis_channel_layer_config  # public here: Django settings use it
 
 try:
     from channels.exceptions import ChannelFull
@@ -23,7 +24,6 @@ except ImportError:  # pragma: no cover - channels is installed with us
 MAX_NAME_LENGTH = 100
 _CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+(\![\d\w\-_.]*)?$")
 _GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
-_DEFAULT_REDIS_HOSTS = [("127.0.0.1", 6379)]
 _ids = weakref.WeakKeyDictionary()
 
 
@@ -357,47 +357,3 @@ def make_layer(backend, config, cls=None):
     if any(module.startswith("channels_redis") for module in modules):
         return cls(**redis_channel_layer_config(config))
     return cls(**config)
-
-
-def redis_channel_layer_config(config):
-    """channels_redis kwargs: each host a dict with "address", socket_timeout None, one retry.
-
-    redis-py 8 gives every connection a 5 s socket_timeout, which also bounds the
-    blocking BZPOPMIN of an idle receive (channels_redis blocks up to 5 s): the
-    receive then fails unless the host sets socket_timeout None. After a Redis
-    restart every pooled connection fails once ("Connection closed by server"):
-    retrying once on ConnectionError reconnects instead of losing that message.
-    """
-    config = dict(config)
-    hosts = config.get("hosts") or _DEFAULT_REDIS_HOSTS
-    if not isinstance(hosts, (str, bytes)):  # channels_redis explains a bare string
-        config["hosts"] = [_redis_host(host) for host in hosts]
-    return config
-
-
-def _redis_host(host):
-    """One host as channels_redis' create_pool takes it: a dict with "address"."""
-    if isinstance(host, Mapping):
-        host = dict(host)
-    elif isinstance(host, (tuple, list)):
-        address, port = host
-        if ":" in address and not address.startswith("["):
-            address = f"[{address}]"
-        host = {"address": f"redis://{address}:{port}"}
-    else:
-        host = {"address": host}
-    host.setdefault("socket_timeout", None)
-    if not {"retry", "retry_on_error", "retry_on_timeout"} & host.keys():
-        retry_on = _redis_connection_error()
-        if retry_on is not None:
-            host["retry_on_error"] = [retry_on]  # redis-py: Retry(NoBackoff(), 1) on these
-    return host
-
-
-def _redis_connection_error():
-    """redis-py's ConnectionError (retried once), or None without redis-py."""
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-    except ImportError:  # pragma: no cover - channels_redis requires redis
-        return None
-    return RedisConnectionError

@@ -5,7 +5,7 @@ import asyncio
 from twisted.logger import Logger
 
 from gateway.health import error_text
-from gateway import redisreceive
+from gateway import redislayer
 from gateway.layers import has_prefix_receive
 from gateway.messages import BadReply, validate_send
 from listeners.base import BadRoute
@@ -32,7 +32,7 @@ class ReplyPump:
         self.counters = counters
         self.quiet = quiet
         self.prefix_receive = has_prefix_receive(layer)
-        self._receive = redisreceive.receiver(layer)
+        self._receive = redislayer.receiver(layer)
         self._loops = []
         self._watchers = {}
 

@@ -1,6 +1,5 @@
 """Applications used by the end-to-end tests."""
 
-import asyncio
 import json
 
 from gateway.consumer import UDPConsumer

@@ -5,6 +5,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests import support
+from tests.netns import pair, run_gateway  # noqa: F401 (fixtures for the namespace tests)
 
 
 def pytest_configure(config):

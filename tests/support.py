@@ -3,8 +3,6 @@
 import asyncio
 import functools
 import os
-import shutil
-import subprocess
 
 import pytest
 from twisted.internet import defer, protocol

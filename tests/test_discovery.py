@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from dnslib import QTYPE, DNSRecord
 
-from tests.netns import HERE, pair, run_gateway  # noqa: F401 (fixtures)
+from tests.netns import HERE
 
 pytestmark = pytest.mark.netns
 
@@ -17,16 +17,16 @@ DEVICE_TYPE = "urn:schemas-upnp-org:device:Basic:1"
 SERVICE = "_http._tcp.local."
 
 
-def start_ssdp(pair, run_gateway):  # noqa: F811
+def start_ssdp(pair, run_gateway):
     env = {"SSDP_INTERFACE": pair.gw_if, "SSDP_HTTP_PORT": "8181", "SSDP_UUID": SSDP_UUID}
     return run_gateway(path=EXAMPLES / "ssdp.yaml", env=env)
 
 
-def start_mdns(run_gateway):  # noqa: F811
+def start_mdns(run_gateway):
     return run_gateway(path=EXAMPLES / "mdns.yaml", env={"MDNS_PORT": "8123", "MDNS_TXT": "path=/,v=1"})
 
 
-def test_ssdp_example_found_by_async_upnp_client(pair, run_gateway):  # noqa: F811
+def test_ssdp_example_found_by_async_upnp_client(pair, run_gateway):
     """async-upnp-client's search finds the SSDP example as root device, uuid and device type,
     and reads its device description from LOCATION."""
     start_ssdp(pair, run_gateway)
@@ -42,7 +42,7 @@ def test_ssdp_example_found_by_async_upnp_client(pair, run_gateway):  # noqa: F8
     assert result["device"] == {"udn": udn, "device_type": DEVICE_TYPE, "friendly_name": "udpgateway SSDP example"}
 
 
-def test_ssdp_unicast_search_and_unknown_target(pair, run_gateway):  # noqa: F811
+def test_ssdp_unicast_search_and_unknown_target(pair, run_gateway):
     """A unicast M-SEARCH for upnp:rootdevice gets one HTTP 200 answer; a search for another type none."""
     start_ssdp(pair, run_gateway)
     search = "M-SEARCH * HTTP/1.1\r\nHOST: {host}:1900\r\nMAN: \"ssdp:discover\"\r\nST: {st}\r\n\r\n"
@@ -55,7 +55,7 @@ def test_ssdp_unicast_search_and_unknown_target(pair, run_gateway):  # noqa: F81
                        "--data", other)["replies"] == []
 
 
-def test_ssdp_alive_at_start_and_byebye_at_stop(pair, run_gateway):  # noqa: F811
+def test_ssdp_alive_at_start_and_byebye_at_stop(pair, run_gateway):
     """The SSDP example multicasts three NOTIFY ssdp:alive at start and three ssdp:byebye at SIGTERM, TTL 2."""
     watcher = pair.listen("--port", 1900, "--join", "239.255.255.250", "--ifname", pair.cl_if,
                           "--count", 6, "--timeout", 20)
@@ -71,7 +71,7 @@ def test_ssdp_alive_at_start_and_byebye_at_stop(pair, run_gateway):  # noqa: F81
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_zeroconf_browses_and_resolves_mdns_example(pair, run_gateway, family):  # noqa: F811
+def test_zeroconf_browses_and_resolves_mdns_example(pair, run_gateway, family):
     """python-zeroconf browses _http._tcp and resolves Gateway to gateway.local, the gateway's
     addresses on that link and the configured port and TXT."""
     start_mdns(run_gateway)
@@ -92,7 +92,7 @@ def mdns_query(name, qtype, *, qu=False, ident=0):
     return query.pack().hex()
 
 
-def test_mdns_legacy_unicast(pair, run_gateway):  # noqa: F811
+def test_mdns_legacy_unicast(pair, run_gateway):
     """A query from a port other than 5353 gets a unicast answer echoing its ID and question,
     with TTLs of at most 10 s and IP TTL 255 (RFC 6762 §6.7, §11)."""
     start_mdns(run_gateway)
@@ -105,7 +105,7 @@ def test_mdns_legacy_unicast(pair, run_gateway):  # noqa: F811
     assert [(str(rr.rdata), rr.ttl, rr.rclass) for rr in response.rr] == [(pair.gw4, 10, 1)]
 
 
-def test_mdns_multicast_and_qu_answers(pair, run_gateway):  # noqa: F811
+def test_mdns_multicast_and_qu_answers(pair, run_gateway):
     """From port 5353 a QM question is answered to the group and a QU question unicast, both with ID 0."""
     start_mdns(run_gateway)
     base = ("--port", 5353, "--join", "ff02::fb", "--ifname", pair.cl_if, "--hex", "--bind", "::")

@@ -4,7 +4,6 @@ import asyncio
 import json
 import os
 
-import pytest
 
 from tests import apps
 from tests.support import aio, listener_address, stop

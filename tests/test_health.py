@@ -6,7 +6,7 @@ import pytest
 
 from gateway import health
 from gateway.layers import InMemoryChannelLayer, make_layer
-from gateway.redisprobe import location, redis_hosts
+from gateway.redislayer import location, redis_hosts
 from tests.support import aio
 
 

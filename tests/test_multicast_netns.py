@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.netns import ip, pair, run_gateway  # noqa: F401 (fixtures)
+from tests.netns import ip
 
 pytestmark = pytest.mark.netns
 
@@ -31,13 +31,13 @@ application = Inspect.as_asgi()
 G4, G6 = "239.1.2.3", "ff15::1234"
 
 
-def start(run_gateway, *listeners, poll=0.5, ready=True):  # noqa: F811
+def start(run_gateway, *listeners, poll=0.5, ready=True):
     text = f"application: nsapp:application\nlimits: {{interface_poll: {poll}}}\nlisteners:\n"
     text += "".join(f"  - {listener}\n" for listener in listeners)
     return run_gateway(text, modules={"nsapp": APP}, ready=ready)
 
 
-def ask(pair, host, port, *args, count=1, timeout=3):  # noqa: F811
+def ask(pair, host, port, *args, count=1, timeout=3):
     """Send one datagram from the client namespace; (replies, the client's own address)."""
     result = pair.client("--to", host, port, "--ifname", pair.cl_if, "--count", count, "--timeout", timeout, *args)
     return result["replies"], result["sent_from"]
@@ -49,7 +49,7 @@ def answer(replies):
     return reply, json.loads(reply["data"])
 
 
-def test_ipv4_group_answered_unicast_from_listener_port(pair, run_gateway):  # noqa: F811
+def test_ipv4_group_answered_unicast_from_listener_port(pair, run_gateway):
     """A datagram to an IPv4 group reaches only that group's listener and is answered unicast from the
     gateway's interface address and the listener's port, with the listener's TTL."""
     gateway = start(run_gateway, f"{{name: m, type: multicast, port: 5000, groups: [{G4}], ttl: 7}}",
@@ -64,7 +64,7 @@ def test_ipv4_group_answered_unicast_from_listener_port(pair, run_gateway):  # n
     assert reply["ttl"] == 7
 
 
-def test_ipv6_groups_keep_link_local_scope(pair, run_gateway):  # noqa: F811
+def test_ipv6_groups_keep_link_local_scope(pair, run_gateway):
     """IPv6 group requests are answered; a link-local client keeps its scope and gets the reply
     from the gateway's link-local address, with the hop limit from `ttl`."""
     gateway = start(run_gateway, f"{{name: m6, type: multicast, port: 5353, groups: ['ff02::fb', '{G6}'], ttl: 9}}")
@@ -80,7 +80,7 @@ def test_ipv6_groups_keep_link_local_scope(pair, run_gateway):  # noqa: F811
     assert reply["source"] == [pair.gw6, 5353]
 
 
-def test_source_specific_multicast(pair, run_gateway):  # noqa: F811
+def test_source_specific_multicast(pair, run_gateway):
     """With `sources`, only datagrams from those senders are delivered, for IPv4 and IPv6."""
     other4, other6 = f"10.254.{pair.n}.3", f"fd00:254:{pair.n:x}::3"
     pair.add_address(pair.cl, other4, other6)
@@ -92,7 +92,7 @@ def test_source_specific_multicast(pair, run_gateway):  # noqa: F811
         assert ask(pair, group, 5002, "--bind", other, timeout=1)[0] == []
 
 
-def test_two_listeners_on_one_port_see_only_their_groups(pair, run_gateway):  # noqa: F811
+def test_two_listeners_on_one_port_see_only_their_groups(pair, run_gateway):
     """Two listeners sharing a port each receive only the groups they joined, whatever the sender's port."""
     start(run_gateway, "{name: a, type: multicast, port: 5003, groups: [239.1.2.3, 'ff15::a']}",
           "{name: b, type: multicast, port: 5003, groups: [239.1.2.4, 'ff15::b']}")
@@ -104,7 +104,7 @@ def test_two_listeners_on_one_port_see_only_their_groups(pair, run_gateway):  # 
             assert answer(ask(pair, group, 5003)[0])[1]["listener"] == name
 
 
-def test_exact_destination_and_reply_source(pair, run_gateway):  # noqa: F811
+def test_exact_destination_and_reply_source(pair, run_gateway):
     """A datagram to a secondary address of a wildcard-bound listener reports it as `server`
     and is answered from it (plain and multicast listeners, IPv4 and IPv6)."""
     second4, second6 = f"10.254.{pair.n}.9", f"fd00:254:{pair.n:x}::9"
@@ -120,7 +120,7 @@ def test_exact_destination_and_reply_source(pair, run_gateway):  # noqa: F811
         assert reply["source"] == [host, port]
 
 
-def test_multicast_reply_goes_to_the_group(pair, run_gateway):  # noqa: F811
+def test_multicast_reply_goes_to_the_group(pair, run_gateway):
     """A reply with `multicast: true` goes to the request's group on its interface, not to the sender."""
     start(run_gateway, f"{{name: m, type: multicast, port: 5006, groups: [{G4}, '{G6}']}}")
     for group in (G4, G6):
@@ -131,7 +131,7 @@ def test_multicast_reply_goes_to_the_group(pair, run_gateway):  # noqa: F811
         assert message["server"] == [group, 5006]
 
 
-def test_multicast_reply_to_a_unicast_request_goes_to_the_groups(pair, run_gateway):  # noqa: F811
+def test_multicast_reply_to_a_unicast_request_goes_to_the_groups(pair, run_gateway):
     """After a unicast request, a `multicast: true` reply goes to the listener's groups on the arrival interface."""
     start(run_gateway, f"{{name: m, type: multicast, port: 5007, groups: [{G4}]}}")
     watcher = pair.listen("--port", 5007, "--join", G4, "--ifname", pair.cl_if, "--timeout", 5)
@@ -141,7 +141,7 @@ def test_multicast_reply_to_a_unicast_request_goes_to_the_groups(pair, run_gatew
     assert message["server"] == [pair.gw4, 5007]
 
 
-def test_announcement_reaches_group_with_ttl(pair, run_gateway):  # noqa: F811
+def test_announcement_reaches_group_with_ttl(pair, run_gateway):
     """A send_channel message goes to every group with the configured TTL; unicast replies carry it too."""
     start(run_gateway, f"{{name: m, type: multicast, port: 5007, groups: [{G4}, '{G6}'], ttl: 3, "
                        "send_channel: m.out}")
@@ -157,7 +157,7 @@ def test_announcement_reaches_group_with_ttl(pair, run_gateway):  # noqa: F811
     assert message["server"] == [pair.gw6, 5007]
 
 
-def test_interface_removed_and_recreated(pair, run_gateway):  # noqa: F811
+def test_interface_removed_and_recreated(pair, run_gateway):
     """When the interface is destroyed and re-created with a new index, the listener leaves and
     re-joins within a few polls, logging both, and answers again."""
     gateway = start(run_gateway, f"{{name: m, type: multicast, port: 5008, groups: [{G4}, '{G6}']}}")
@@ -177,7 +177,7 @@ def test_interface_removed_and_recreated(pair, run_gateway):  # noqa: F811
         assert answer(ask(pair, group, 5008)[0])[1]["interface"] == pair.gw_if
 
 
-def test_interface_that_cannot_join_is_skipped(pair, run_gateway):  # noqa: F811
+def test_interface_that_cannot_join_is_skipped(pair, run_gateway):
     """An interface where the kernel refuses the join is logged with a hint and skipped."""
     pair.sh(pair.gw, "sysctl", "-qw", "net.ipv4.igmp_max_memberships=1")
     ip("-n", pair.gw, "link", "add", "extra0", "type", "veth", "peer", "name", "extra1")
@@ -191,7 +191,7 @@ def test_interface_that_cannot_join_is_skipped(pair, run_gateway):  # noqa: F811
     assert answer(ask(pair, G4, 5009)[0])[1]["listener"] == "m"
 
 
-def test_listener_joining_nowhere_fails_startup(pair, run_gateway):  # noqa: F811
+def test_listener_joining_nowhere_fails_startup(pair, run_gateway):
     """A listener that joins its groups nowhere stops the gateway with exit status 1 and one line."""
     pair.sh(pair.gw, "sysctl", "-qw", "net.ipv4.igmp_max_memberships=0")
     gateway = start(run_gateway, f"{{name: m, type: multicast, port: 5010, groups: [{G4}]}}", ready=False)
@@ -201,7 +201,7 @@ def test_listener_joining_nowhere_fails_startup(pair, run_gateway):  # noqa: F81
     assert "Traceback" not in gateway.log_text()
 
 
-def test_source_join_refused_then_retried_after_limit_raised(pair, run_gateway):  # noqa: F811
+def test_source_join_refused_then_retried_after_limit_raised(pair, run_gateway):
     """A source join refused past igmp_max_msf leaves no partial filter and succeeds on a later poll
     once the sysctl is raised, while the IPv6 group works all along."""
     sources = [pair.cl4, *(f"10.9.0.{i}" for i in range(1, 11)), pair.cl6]

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from gateway import redisreceive
+from gateway import redislayer
 from gateway.layers import BoundedLayer, InMemoryChannelLayer, make_layer
 from tests.support import aio
 
@@ -10,8 +10,8 @@ from tests.support import aio
 def test_only_channels_redis_core_layer_is_supported():
     """Other layers keep their own receive."""
     layer = InMemoryChannelLayer()
-    assert not redisreceive.supports(layer)
-    assert redisreceive.receiver(layer) == layer.receive
+    assert not redislayer.supports(layer)
+    assert redislayer.receiver(layer) == layer.receive
 
 
 def _layer(url, **config):
@@ -26,7 +26,7 @@ async def test_two_receivers_share_a_channel_without_duplicates(redis_server):
         got = []
 
         async def consume(layer):
-            receive = redisreceive.receiver(layer)
+            receive = redislayer.receiver(layer)
             while True:
                 got.append((await receive("udp.receive"))["n"])
 
@@ -54,7 +54,7 @@ async def test_process_specific_names_use_the_layer_receive(redis_server):
     try:
         name = await layer.new_channel("udp.send")
         await layer.send(name, {"type": "udp.send", "data": b"x"})
-        message = await asyncio.wait_for(redisreceive.receiver(layer)(name), 5)
+        message = await asyncio.wait_for(redislayer.receiver(layer)(name), 5)
         assert message == {"type": "udp.send", "data": b"x"}
     finally:
         await layer.close_pools()
