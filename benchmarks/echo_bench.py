@@ -1,6 +1,7 @@
 """Gateway vs a raw Twisted echo, side by side in one run, on 127.0.0.1 only.
 
     python benchmarks/echo_bench.py            # the full run (about a minute)
+    python benchmarks/echo_bench.py --redis    # also a gateway + 2 workers over a redis-server of its own
     python benchmarks/echo_bench.py --smoke    # seconds; what CI runs
 
 For each server it measures request/response latency (one datagram in
@@ -35,7 +36,7 @@ listeners:
 
 
 def start(argv, pattern, cwd):
-    """Start a server process and return (process, port) once it logs its port."""
+    """Start a server process; (process, port) once a log line matches `pattern` (port: its group, if any)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
     watchdog = threading.Timer(20, proc.kill)  # a server that never logs its port is killed
@@ -48,11 +49,49 @@ def start(argv, pattern, cwd):
             if match:
                 # Keep draining its log so a full pipe never blocks the server.
                 threading.Thread(target=proc.stdout.read, daemon=True).start()
-                return proc, int(match.group(1))
+                return proc, int(match.group(1)) if match.re.groups else None
     finally:
         watchdog.cancel()
     proc.kill()
     raise RuntimeError(f"{argv[0]} did not start:\n{''.join(seen[-20:])}")
+
+
+REDIS_YAML = """\
+channel_layer:
+  backend: channels_redis.core.RedisChannelLayer
+  config:
+    hosts: ["redis://127.0.0.1:{port}/0"]
+    channel_capacity: {{"udp.receive": 10000, "udp.send.*": 10000}}
+application: ${{UDPGATEWAY_APPLICATION:-}}
+listeners:
+  - {{name: bench, type: plain, bind: 127.0.0.1, port: 0}}
+"""
+
+
+def start_redis(tmp):
+    """A redis-server of our own on 127.0.0.1 and a free port (no persistence)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", tmp]
+    return start(argv, r"Ready to accept connections", tmp), port
+
+
+def start_redis_topology(tmp):
+    """redis-server, a gateway without application and two workers; [(process, port)...] and the gateway port."""
+    (redis, _), port = start_redis(tmp)
+    config = Path(tmp) / "redis.yaml"
+    config.write_text(REDIS_YAML.format(port=port))
+    gateway = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd-redis.pid", "udpgateway", "-c", str(config)],
+                    r"listener bench \(plain\) on \S+:(\d+)", tmp)
+    os.environ["UDPGATEWAY_APPLICATION"] = "echo:application"
+    try:
+        workers = [start([str(BIN / "udpgateway"), "worker", "-c", str(config)],
+                         r"udpgateway worker consuming", tmp)[0] for _ in range(2)]
+    finally:
+        del os.environ["UDPGATEWAY_APPLICATION"]
+    return [gateway[0], *workers, redis], gateway[1]
 
 
 def stop(proc):
@@ -129,6 +168,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds: checks it runs, not a measurement")
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--redis", action="store_true", help="also measure gateway + 2 workers over Redis")
     args = parser.parse_args(argv)
     args.pings, args.count, args.window, args.budget = (50, 300, 16, 5.0) if args.smoke else (2000, 30000, 64, 30.0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,15 +178,21 @@ def main(argv=None):
         raw, raw_port = start([sys.executable, str(HERE / "raw_echo.py")], r"raw echo on \S+:(\d+)", tmp)
         gateway, gw_port = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd.pid", "udpgateway", "-c",
                                   str(config)], r"listener bench \(plain\) on \S+:(\d+)", tmp)
+        processes = [gateway, raw]
         try:
             base = measure("raw", raw_port, args)
-            ours = measure("gateway", gw_port, args)
+            results = {"gateway": measure("gateway", gw_port, args)}
+            if args.redis:
+                started, port = start_redis_topology(tmp)
+                processes += started
+                results["redis"] = measure("redis", port, args)
         finally:
-            stop(gateway)
-            stop(raw)
-    print(f"ratios gateway/raw: latency p50 x{ours['p50'] / base['p50']:.2f}, "
-          f"p99 x{ours['p99'] / base['p99']:.2f}, throughput x{ours['rate'] / base['rate']:.2f}")
-    return 0 if ours["answered"] and base["answered"] else 1
+            for proc in processes:
+                stop(proc)
+    for name, ours in results.items():
+        print(f"ratios {name}/raw: latency p50 x{ours['p50'] / base['p50']:.2f}, "
+              f"p99 x{ours['p99'] / base['p99']:.2f}, throughput x{ours['rate'] / base['rate']:.2f}")
+    return 0 if base["answered"] and all(r["answered"] for r in results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ command instead of four, and no message is delivered twice.
 """
 
 import asyncio
-from gateway.health import LayerUnreachable, error_text
 from typing import Mapping
 from urllib.parse import urlsplit
+
+from gateway.health import LayerUnreachable, error_text
 
 _DEFAULT_HOSTS = [("127.0.0.1", 6379)]
 
@@ -138,28 +139,75 @@ def supports(layer):
 
 
 def receiver(layer):
-    """`async receive(channel)`: at-most-once for normal channels of a channels_redis layer, else the layer's own."""
-    inner = getattr(layer, "inner", layer)
-    if not supports(inner):
-        return layer.receive
+    """`async receive(channel, timeout=None)` -> message, or None once `timeout` passed.
 
-    async def receive(channel):
-        if "!" in channel:
+    At most once for normal channels of a channels_redis layer; the layer's own receive otherwise.
+    """
+    inner = getattr(layer, "inner", layer)
+    redis = supports(inner)
+
+    async def receive(channel, timeout=None):
+        if redis and "!" not in channel:
+            return await receive_once(inner, channel, timeout)
+        if timeout is None:
             return await layer.receive(channel)
-        return await receive_once(inner, channel)
+        try:
+            return await asyncio.wait_for(layer.receive(channel), timeout)
+        except asyncio.TimeoutError:
+            return None
 
     return receive
 
 
-async def receive_once(layer, channel):
-    """The next message of a normal channel, popped atomically; waits, cycling through the hosts."""
+async def receive_once(layer, channel, timeout=None):
+    """The next message of a normal channel, popped atomically; None after `timeout` seconds."""
     assert layer.require_valid_channel_name(channel)
     key = layer.prefix + channel
     # With one host, block for channels_redis' usual timeout; with several, look
     # at each in turn, since sends to a normal channel go round-robin over hosts.
-    timeout = layer.brpop_timeout if layer.ring_size == 1 else 1
+    wait = timeout or (layer.brpop_timeout if layer.ring_size == 1 else 1)
+    for _ in range(layer.ring_size if timeout else 1):
+        while True:
+            connection = layer.connection(next(layer._receive_index_generator))
+            # The server-side timeout ends a wait without cancelling a command in flight.
+            result = await connection.bzpopmin(key, timeout=wait)
+            if result is not None:
+                return layer.deserialize(result[1])
+            if timeout:
+                break
+    return None
+
+
+def prefix_receiver(layer):
+    """`async receive(prefix, timeout=None)` -> (channel, message), or None once `timeout` passed.
+
+    For channels_redis one BZPOPMIN on the prefix's queue (at most once: only this
+    gateway reads its `udp.send.<id>!` queue); for other layers their receive_single.
+    """
+    inner = getattr(layer, "inner", layer)
+    if supports(inner):
+        return lambda prefix, timeout=None: receive_prefixed(inner, prefix, timeout)
+
+    async def receive(prefix, timeout=None):
+        if timeout is None:
+            return await layer.receive_single(prefix)
+        try:
+            return await asyncio.wait_for(layer.receive_single(prefix), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    return receive
+
+
+async def receive_prefixed(layer, prefix, timeout=None):
+    """The next message sent to any `prefix...` channel, popped atomically; None after `timeout` seconds."""
+    key = layer.prefix + prefix
+    connection = layer.connection(layer.consistent_hash(prefix))  # where channels_redis' receive_single looks
     while True:
-        connection = layer.connection(next(layer._receive_index_generator))
-        result = await connection.bzpopmin(key, timeout=timeout)
+        # The server-side timeout ends a wait without cancelling a command in flight.
+        result = await connection.bzpopmin(key, timeout=timeout or layer.brpop_timeout)
         if result is not None:
-            return layer.deserialize(result[1])
+            message = layer.deserialize(result[1])
+            return message.pop("__asgi_channel__", prefix), message
+        if timeout:
+            return None

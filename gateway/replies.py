@@ -33,6 +33,7 @@ class ReplyPump:
         self.quiet = quiet
         self.prefix_receive = has_prefix_receive(layer)
         self._receive = redislayer.receiver(layer)
+        self._receive_single = redislayer.prefix_receiver(layer)
         self._loops = []
         self._watchers = {}
 
@@ -51,12 +52,13 @@ class ReplyPump:
         self._loops, self._watchers = [], {}
 
     # -- receiving -------------------------------------------------------
-    async def _receive_prefixed(self):
-        return await self.layer.receive_single(self.prefix)
+    async def _receive_prefixed(self, timeout=None):
+        return await self._receive_single(self.prefix, timeout)
 
     def _receiver(self, channel):
-        async def receive():
-            return channel, await self._receive(channel)
+        async def receive(timeout=None):
+            message = await self._receive(channel, timeout)
+            return None if message is None else (channel, message)
         return receive
 
     async def _loop(self, receive):
@@ -91,10 +93,12 @@ class ReplyPump:
         for receive in receivers:
             for _ in range(10000):  # bounded: a stop must end
                 try:
-                    channel, message = await asyncio.wait_for(receive(), _FLUSH_WAIT)
+                    received = await receive(_FLUSH_WAIT)
                 except Exception:
                     break
-                self.handle(channel, message)
+                if received is None:
+                    break
+                self.handle(*received)
 
     # -- routing ---------------------------------------------------------
     def handle(self, channel, message):

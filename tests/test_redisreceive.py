@@ -7,11 +7,18 @@ from gateway.layers import BoundedLayer, InMemoryChannelLayer, make_layer
 from tests.support import aio
 
 
-def test_only_channels_redis_core_layer_is_supported():
-    """Other layers keep their own receive."""
+@aio
+async def test_other_layers_keep_their_own_receive():
+    """Other layers go through their own receive and receive_single, with a client-side timeout."""
     layer = InMemoryChannelLayer()
     assert not redislayer.supports(layer)
-    assert redislayer.receiver(layer) == layer.receive
+    receive, receive_single = redislayer.receiver(layer), redislayer.prefix_receiver(layer)
+    await layer.send("a", {"type": "x"})
+    await layer.send("udp.send.g!t", {"type": "y"})
+    assert await receive("a") == {"type": "x"}
+    assert await receive_single("udp.send.g!") == ("udp.send.g!t", {"type": "y"})
+    assert await receive("a", timeout=0.05) is None
+    assert await receive_single("udp.send.g!", timeout=0.05) is None
 
 
 def _layer(url, **config):
@@ -48,13 +55,19 @@ async def test_two_receivers_share_a_channel_without_duplicates(redis_server):
 
 
 @aio
-async def test_process_specific_names_use_the_layer_receive(redis_server):
-    """`!` channels still go through channels_redis' own receive (its client prefix rules)."""
+async def test_process_specific_names_and_timeouts(redis_server):
+    """A full `!` name goes through channels_redis' receive; a prefix pops any of its names; timeouts give None."""
     layer = _layer(redis_server.url)
     try:
         name = await layer.new_channel("udp.send")
         await layer.send(name, {"type": "udp.send", "data": b"x"})
         message = await asyncio.wait_for(redislayer.receiver(layer)(name), 5)
         assert message == {"type": "udp.send", "data": b"x"}
+        await layer.send(name, {"type": "udp.send", "data": b"y"})
+        prefix = name.split("!")[0] + "!"
+        received = await asyncio.wait_for(redislayer.prefix_receiver(layer)(prefix), 5)
+        assert received == (name, {"type": "udp.send", "data": b"y"})
+        assert await redislayer.prefix_receiver(layer)(prefix, timeout=0.05) is None
+        assert await redislayer.receiver(layer)("udp.receive", timeout=0.05) is None
     finally:
         await layer.close_pools()
