@@ -75,23 +75,27 @@ def start_redis(tmp):
         port = probe.getsockname()[1]
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", tmp]
-    return start(argv, r"Ready to accept connections", tmp), port
+    return start(argv, r"Ready to accept connections", tmp)[0], port
 
 
-def start_redis_topology(tmp):
-    """redis-server, a gateway without application and two workers; [(process, port)...] and the gateway port."""
-    (redis, _), port = start_redis(tmp)
+def start_redis_topology(tmp, processes):
+    """redis-server, a gateway without application and two workers, each added to `processes` as it
+    starts (so a failure part-way still stops them); returns the gateway's port."""
+    redis, port = start_redis(tmp)
+    processes.append(redis)
     config = Path(tmp) / "redis.yaml"
     config.write_text(REDIS_YAML.format(port=port))
-    gateway = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd-redis.pid", "udpgateway", "-c", str(config)],
-                    r"listener bench \(plain\) on \S+:(\d+)", tmp)
+    gateway, gateway_port = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd-redis.pid", "udpgateway",
+                                   "-c", str(config)], r"listener bench \(plain\) on \S+:(\d+)", tmp)
+    processes.append(gateway)
     os.environ["UDPGATEWAY_APPLICATION"] = "echo:application"
     try:
-        workers = [start([str(BIN / "udpgateway"), "worker", "-c", str(config)],
-                         r"udpgateway worker consuming", tmp)[0] for _ in range(2)]
+        for _ in range(2):
+            processes.append(start([str(BIN / "udpgateway"), "worker", "-c", str(config)],
+                                   r"udpgateway worker consuming", tmp)[0])
     finally:
         del os.environ["UDPGATEWAY_APPLICATION"]
-    return [gateway[0], *workers, redis], gateway[1]
+    return gateway_port
 
 
 def stop(proc):
@@ -175,19 +179,20 @@ def main(argv=None):
         config = Path(tmp) / "bench.yaml"
         config.write_text(GATEWAY_YAML.replace("examples.echo", "echo"))
         (Path(tmp) / "echo.py").write_text((REPO / "examples" / "echo.py").read_text())
-        raw, raw_port = start([sys.executable, str(HERE / "raw_echo.py")], r"raw echo on \S+:(\d+)", tmp)
-        gateway, gw_port = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd.pid", "udpgateway", "-c",
-                                  str(config)], r"listener bench \(plain\) on \S+:(\d+)", tmp)
-        processes = [gateway, raw]
+        processes = []  # stopped in reverse order of start, even when a start fails
         try:
+            raw, raw_port = start([sys.executable, str(HERE / "raw_echo.py")], r"raw echo on \S+:(\d+)", tmp)
+            processes.append(raw)
+            gateway, gw_port = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd.pid", "udpgateway", "-c",
+                                      str(config)], r"listener bench \(plain\) on \S+:(\d+)", tmp)
+            processes.append(gateway)
             base = measure("raw", raw_port, args)
             results = {"gateway": measure("gateway", gw_port, args)}
             if args.redis:
-                started, port = start_redis_topology(tmp)
-                processes += started
+                port = start_redis_topology(tmp, processes)
                 results["redis"] = measure("redis", port, args)
         finally:
-            for proc in processes:
+            for proc in reversed(processes):
                 stop(proc)
     for name, ours in results.items():
         print(f"ratios {name}/raw: latency p50 x{ours['p50'] / base['p50']:.2f}, "
