@@ -1,43 +1,22 @@
 """GatewayService: wires layer, listeners, tokens, pump and runner, and orders start and stop."""
 
-import asyncio
-import signal
-
-from twisted.application import service
-from twisted.internet import defer, error
+from twisted.internet import error
 from twisted.logger import Logger
 
 from gateway import health, layers
 from gateway.delivery import Delivery
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
+from gateway.process import DRAIN_TIMEOUT, AsyncService, StartupError
 from gateway.replies import ReplyPump
 from gateway.runner import AppRunner
-from gateway.stats import CounterReporter, Counters, QuietLog
 from gateway.tokens import TokenTable
 from listeners import KINDS
 
 log = Logger()
-DRAIN_TIMEOUT = 5.0     # seconds in-flight application calls get at stop
-REPORT_INTERVAL = 60.0  # seconds between counter summary lines (when they changed)
 
 
-def install_stop_handlers(reactor):
-    """SIGTERM/SIGINT stop the reactor cleanly, so the process exits 0."""
-
-    def stop(signum, frame):
-        log.info("received {sig}, stopping", sig=signal.Signals(signum).name)
-        reactor.callFromThread(reactor.stop)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-
-class StartupError(Exception):
-    """The gateway cannot start; the message is the one line to show."""
-
-
-class GatewayService(service.Service):
+class GatewayService(AsyncService):
     """The whole gateway process as one Twisted service.
 
     `started` fires when datagrams are being delivered; `stopService()`
@@ -45,29 +24,13 @@ class GatewayService(service.Service):
     """
 
     def __init__(self, config, *, reactor, app=None, on_fatal=None, signals=False):
+        super().__init__(reactor=reactor, on_fatal=on_fatal, signals=signals)
         self.config = config
         self.app = app
-        self.counters = Counters()
-        self.quiet = QuietLog(clock=reactor)
-        self.started = None
-        self._reactor = reactor
-        self._on_fatal = on_fatal
-        self._signals = signals
         self.layer = self.runner = self.pump = self.delivery = self.lifespan = None
         self.listeners = {}
-        self._reporter = CounterReporter(self.counters, log, interval=REPORT_INTERVAL, clock=reactor)
-        self._stopping = None
 
     # -- start -----------------------------------------------------------
-    def startService(self):
-        service.Service.startService(self)
-        if self._signals:
-            # After the reactor's own handlers, which make twistd exit -15.
-            self._reactor.callWhenRunning(install_stop_handlers, self._reactor)
-        self.started = defer.Deferred.fromFuture(asyncio.ensure_future(self._start()))
-        if self._on_fatal is not None:
-            self.started.addErrback(self._fatal)
-
     async def _start(self):
         limits = self.config.limits
         self.layer = layers.BoundedLayer(self._make_layer(), limits.max_layer_sends)
@@ -139,23 +102,7 @@ class GatewayService(service.Service):
         if self.pump is not None:
             self.pump.unwatch(token)
 
-    def _fatal(self, failure):
-        exc = failure.value
-        line = str(exc) if isinstance(exc, (StartupError, health.LayerUnreachable)) else None
-        if line is None and type(exc).__name__ == "LifespanFailure":
-            line = f"lifespan startup failed: {exc}"
-        if line is None:
-            log.failure("udpgateway failed to start", failure=failure)
-            line = f"udpgateway failed to start: {exc!r}"
-        self._on_fatal(line)
-
     # -- stop ------------------------------------------------------------
-    def stopService(self):
-        service.Service.stopService(self)
-        if self._stopping is None:
-            self._stopping = defer.Deferred.fromFuture(asyncio.ensure_future(self._stop()))
-        return self._stopping
-
     async def _stop(self):
         if self.delivery is not None:
             self.delivery.ready = False
