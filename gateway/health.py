@@ -26,7 +26,9 @@ def error_text(exc):
 
 def is_redis_layer(layer):
     """A channels_redis layer, or a subclass of one."""
-    return any(getattr(base, "__module__", "").startswith("channels_redis") for base in type(layer).__mro__)
+    from gateway.redislayer import from_channels_redis
+
+    return from_channels_redis(type(layer))
 
 
 async def check_reachable(layer):

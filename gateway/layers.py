@@ -11,7 +11,7 @@ from contextlib import suppress
 from copy import deepcopy
 from itertools import count
 
-from gateway.redislayer import redis_channel_layer_config  # public here: Django settings use it
+from gateway.redislayer import from_channels_redis, redis_channel_layer_config  # the latter is public here
 
 try:
     from channels.exceptions import ChannelFull
@@ -353,7 +353,6 @@ def make_layer(backend, config, cls=None):
         from .importing import import_from_string
 
         cls = import_from_string(backend)
-    modules = (getattr(base, "__module__", "") for base in getattr(cls, "__mro__", ()))
-    if any(module.startswith("channels_redis") for module in modules):
+    if from_channels_redis(cls):
         return cls(**redis_channel_layer_config(config))
     return cls(**config)

@@ -18,6 +18,11 @@ from gateway.health import LayerUnreachable, error_text
 _DEFAULT_HOSTS = [("127.0.0.1", 6379)]
 
 
+def from_channels_redis(cls, module="channels_redis"):
+    """A channels_redis layer class (`module` narrows it, e.g. "channels_redis.pubsub"), or a subclass of one."""
+    return any(getattr(base, "__module__", "").startswith(module) for base in getattr(cls, "__mro__", ()))
+
+
 def redis_channel_layer_config(config):
     """channels_redis kwargs: each host a dict with "address", socket_timeout None, one retry.
 

@@ -5,6 +5,7 @@ from twisted.logger import Logger
 from gateway import health, layers
 from gateway.lifespan import Lifespan
 from gateway.process import DRAIN_TIMEOUT, AsyncService
+from gateway.redislayer import from_channels_redis
 from gateway.runner import AppRunner
 
 log = Logger()
@@ -33,7 +34,7 @@ class WorkerService(AsyncService):
         self.layer = layers.BoundedLayer(layers.make_layer(backend.backend, dict(backend.config)),
                                          limits.max_layer_sends)
         await health.check_reachable(self.layer.inner)
-        if _delivers_to_every_receiver(self.layer.inner):
+        if from_channels_redis(type(self.layer.inner), "channels_redis.pubsub"):
             log.warn("{layer} delivers each message to every worker receiving its channel: each datagram "
                      "is handled (and answered) once per running worker", layer=type(self.layer.inner).__name__)
         self.runner = AppRunner(self.app, self.layer, self.channels, max_concurrency=limits.max_concurrency,
@@ -55,8 +56,3 @@ class WorkerService(AsyncService):
         self._reporter.stop()
         if self.layer is not None:
             await health.close_layer(self.layer.inner)
-
-
-def _delivers_to_every_receiver(layer):
-    """channels_redis' pub/sub layer: every subscriber of a channel gets each message."""
-    return any(getattr(base, "__module__", "") == "channels_redis.pubsub" for base in type(layer).__mro__)
