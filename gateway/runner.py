@@ -138,7 +138,9 @@ class AppRunner:
             return
         exc = task.exception()
         if exc is not None:
+            # Logged with its traceback, at most once per interval per exception
+            # type: an app failing on every message (Redis gone) must not flood the log.
             self.counters.incr("app_errors")
-            log.failure("application raised on a message from {channel}",
-                        failure=Failure(exc, type(exc), exc.__traceback__),
-                        channel=instance.message.get("listener", "?") if isinstance(instance.message, dict) else "?")
+            message = instance.message if isinstance(instance.message, dict) else {}
+            self.quiet.failure(f"app-{type(exc).__name__}", "application raised on a message from listener {listener}",
+                               Failure(exc, type(exc), exc.__traceback__), listener=message.get("listener", "?"))

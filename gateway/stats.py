@@ -65,6 +65,13 @@ class QuietLog:
 
         key and format are positional-only, so log fields may use those names too.
         """
+        return self._emit(self.log.warn, key, format, kwargs)
+
+    def failure(self, key, format, failure, /, **kwargs):
+        """Like warn, but logs `failure` with its traceback (an application error, say)."""
+        return self._emit(lambda fmt, **kw: self.log.failure(fmt, failure=failure, **kw), key, format, kwargs)
+
+    def _emit(self, emit, key, format, kwargs):
         now = self.clock.seconds()
         seen = self._seen.get(key)
         if seen is not None:
@@ -78,7 +85,7 @@ class QuietLog:
         if seen is not None and seen[1]:
             format += " ({quiet_suppressed} more suppressed)"
             kwargs["quiet_suppressed"] = seen[1]
-        self.log.warn(format, **kwargs)
+        emit(format, **kwargs)
         return True
 
 

@@ -167,3 +167,23 @@ def test_reporter_braces_in_names():
     counters.incr("odd{name}")
     CounterReporter(counters, log, clock=Clock()).stop()
     assert lines(events) == ["counters: odd{name}=1"]
+
+
+def test_quiet_failure_logs_traceback_once_per_interval():
+    """QuietLog.failure logs a failure with its traceback, then stays quiet for the interval per key."""
+    from twisted.python.failure import Failure
+
+    events = []
+    clock = Clock()
+    quiet = QuietLog(Logger(observer=events.append), interval=10, clock=clock)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failure = Failure()
+    assert quiet.failure("app-ValueError", "app raised on {listener}", failure, listener="echo")
+    assert not quiet.failure("app-ValueError", "app raised on {listener}", failure, listener="echo")
+    clock.advance(10)
+    assert quiet.failure("app-ValueError", "app raised on {listener}", failure, listener="echo")
+    assert len(events) == 2
+    assert events[0]["log_failure"] is failure
+    assert "1 more suppressed" in formatEvent(events[1])
