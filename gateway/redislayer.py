@@ -10,6 +10,7 @@ command instead of four, and no message is delivered twice.
 """
 
 import asyncio
+import itertools
 from typing import Mapping
 from urllib.parse import urlsplit
 
@@ -154,12 +155,7 @@ def receiver(layer):
     async def receive(channel, timeout=None):
         if redis and "!" not in channel:
             return await receive_once(inner, channel, timeout)
-        if timeout is None:
-            return await layer.receive(channel)
-        try:
-            return await asyncio.wait_for(layer.receive(channel), timeout)
-        except asyncio.TimeoutError:
-            return None
+        return await _waited(layer.receive(channel), timeout)
 
     return receive
 
@@ -171,15 +167,12 @@ async def receive_once(layer, channel, timeout=None):
     # With one host, block for channels_redis' usual timeout; with several, look
     # at each in turn, since sends to a normal channel go round-robin over hosts.
     wait = timeout or (layer.brpop_timeout if layer.ring_size == 1 else 1)
-    for _ in range(layer.ring_size if timeout else 1):
-        while True:
-            connection = layer.connection(next(layer._receive_index_generator))
-            # The server-side timeout ends a wait without cancelling a command in flight.
-            result = await connection.bzpopmin(key, timeout=wait)
-            if result is not None:
-                return layer.deserialize(result[1])
-            if timeout:
-                break
+    for _ in itertools.count() if timeout is None else range(layer.ring_size):  # with a timeout: each host once
+        connection = layer.connection(next(layer._receive_index_generator))
+        # The server-side timeout ends a wait without cancelling a command in flight.
+        result = await connection.bzpopmin(key, timeout=wait)
+        if result is not None:
+            return layer.deserialize(result[1])
     return None
 
 
@@ -192,16 +185,17 @@ def prefix_receiver(layer):
     inner = getattr(layer, "inner", layer)
     if supports(inner):
         return lambda prefix, timeout=None: receive_prefixed(inner, prefix, timeout)
+    return lambda prefix, timeout=None: _waited(layer.receive_single(prefix), timeout)
 
-    async def receive(prefix, timeout=None):
-        if timeout is None:
-            return await layer.receive_single(prefix)
-        try:
-            return await asyncio.wait_for(layer.receive_single(prefix), timeout)
-        except asyncio.TimeoutError:
-            return None
 
-    return receive
+async def _waited(awaitable, timeout):
+    """The awaitable's result; with a timeout, None once it passed (other layers: cancelled client-side)."""
+    if timeout is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        return None
 
 
 async def receive_prefixed(layer, prefix, timeout=None):
