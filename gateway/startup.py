@@ -13,9 +13,9 @@ def load_or_exit(path, *, host_checks=True, stderr=None):
     for problem in problems:
         if problem.warning:
             print(f"warning: {problem}", file=stderr)
-    errors = [p for p in problems if not p.warning]
-    if errors or config is None:
-        for problem in errors:
+    refused = config_module.errors(problems)
+    if refused or config is None:
+        for problem in refused:
             print(problem, file=stderr)
         raise SystemExit(2)
     return config

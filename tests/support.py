@@ -36,12 +36,12 @@ def skip_or_fail(reason):
 
 
 def build_service(path, app=None):
-    from gateway.config import load_config
+    from gateway.config import errors as config_errors, load_config
 
     from twisted.internet import reactor
 
     config, problems = load_config(path)
-    errors = [p for p in problems if not p.warning]
+    errors = config_errors(problems)
     assert not errors, [str(p) for p in errors]
     return GatewayService(config, reactor=reactor, app=app if app is not None else load_application(config))
 
