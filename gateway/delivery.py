@@ -2,7 +2,7 @@
 
 import asyncio
 
-from gateway.health import error_text
+from gateway.layers.errors import error_text
 from gateway.messages import build_receive
 
 SEND_QUEUE = 1000  # datagrams waiting for a layer send; past it the arriving one is dropped
@@ -12,7 +12,7 @@ class Delivery:
     """The listeners' sink: turns each Datagram into a message and sends it, bounded.
 
     Sends run in `senders` worker tasks pulling from one bounded queue; the
-    layer itself is a BoundedLayer, so they share `max_layer_sends` with the
+    layer itself is a LayerClient, so they share `max_layer_sends` with the
     application's own sends.
     """
 

@@ -7,13 +7,18 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway import health
+from gateway.layers.errors import LayerUnreachable, error_text
 from gateway.lifespan import LifespanFailure
 from gateway.stats import CounterReporter, Counters, QuietLog
 
 log = Logger()
 DRAIN_TIMEOUT = 5.0     # seconds in-flight application calls get at stop
 REPORT_INTERVAL = 60.0  # seconds between counter summary lines (when they changed)
+
+
+def as_future(deferred):
+    """An asyncio future for a Twisted Deferred (await it from asyncio code)."""
+    return deferred.asFuture(asyncio.get_event_loop())
 
 
 class StartupError(Exception):
@@ -34,12 +39,12 @@ def install_stop_handlers(reactor):
 def fatal_line(failure, what):
     """The one line that says why `what` could not start (a traceback only for the unexpected)."""
     exc = failure.value
-    if isinstance(exc, (StartupError, health.LayerUnreachable)):
+    if isinstance(exc, (StartupError, LayerUnreachable)):
         return str(exc)
     if isinstance(exc, LifespanFailure):
         return f"lifespan startup failed: {exc}"
     log.failure("{what} failed to start", failure=failure, what=what)
-    return f"{what} failed to start: {health.error_text(exc)}"
+    return f"{what} failed to start: {error_text(exc)}"
 
 
 class AsyncService(service.Service):

@@ -4,9 +4,7 @@ import asyncio
 
 from twisted.logger import Logger
 
-from gateway.health import error_text
-from gateway import redislayer
-from gateway.layers import has_prefix_receive
+from gateway.layers.errors import error_text
 from gateway.messages import BadReply, validate_send
 from listeners.base import BadRoute
 
@@ -31,9 +29,9 @@ class ReplyPump:
         self.send_channels = send_channels  # channel -> listener
         self.counters = counters
         self.quiet = quiet
-        self.prefix_receive = has_prefix_receive(layer)
-        self._receive = redislayer.receiver(layer)
-        self._receive_single = redislayer.prefix_receiver(layer)
+        self.prefix_receive = layer.prefix_receive  # layer: a LayerClient
+        self._receive = layer.receive
+        self._receive_single = layer.receive_prefixed
         self._loops = []
         self._watchers = {}
 

@@ -5,8 +5,7 @@ import asyncio
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway import redislayer
-from gateway.health import error_text
+from gateway.layers.errors import error_text
 from gateway.messages import SEND_TYPE
 
 log = Logger()
@@ -50,7 +49,7 @@ class AppRunner:
         self.counters = counters
         self.quiet = quiet
         self.reserve_mode = reserve
-        self._receive = redislayer.receiver(layer)
+        self._receive = layer.receive  # layer: a LayerClient
         self._reserved = 0
         self._slots = None
         self._loops = []

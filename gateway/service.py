@@ -3,11 +3,11 @@
 from twisted.internet import error
 from twisted.logger import Logger
 
-from gateway import health, layers
+from gateway import layers
 from gateway.delivery import Delivery
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
-from gateway.process import DRAIN_TIMEOUT, AsyncService, StartupError
+from gateway.process import DRAIN_TIMEOUT, AsyncService, StartupError, as_future
 from gateway.replies import ReplyPump
 from gateway.runner import AppRunner
 from gateway.tokens import TokenTable
@@ -33,9 +33,9 @@ class GatewayService(AsyncService):
     # -- start -----------------------------------------------------------
     async def _start(self):
         limits = self.config.limits
-        self.layer = layers.BoundedLayer(self._make_layer(), limits.max_layer_sends)
-        await health.check_reachable(self.layer.inner)
-        prefix = reply_prefix(layers.gateway_id(self.layer.inner))
+        self.layer = layers.LayerClient(self._make_layer(), limits.max_layer_sends)
+        await self.layer.check_reachable()
+        prefix = reply_prefix(self.layer.gateway_id)
         self.tokens = TokenTable(max_entries=limits.max_reply_channels, ttl=limits.reply_ttl,
                                  clock=self._reactor, on_forget=self._forget_token)
         self._make_runner()
@@ -117,8 +117,8 @@ class GatewayService(AsyncService):
             self.pump.stop()
             await self.pump.flush()
         for listener in list(self.listeners.values()):
-            await health.as_future(listener.stopService())
+            await as_future(listener.stopService())
         self.listeners = {}
         self._reporter.stop()
         if self.layer is not None:
-            await health.close_layer(self.layer.inner)
+            await self.layer.close()

@@ -2,10 +2,10 @@
 
 from twisted.logger import Logger
 
-from gateway import health, layers
+from gateway import layers
 from gateway.lifespan import Lifespan
 from gateway.process import DRAIN_TIMEOUT, AsyncService
-from gateway.redislayer import from_channels_redis
+from gateway.layers.redis import from_channels_redis
 from gateway.runner import AppRunner
 
 log = Logger()
@@ -31,9 +31,9 @@ class WorkerService(AsyncService):
     async def _start(self):
         limits = self.config.limits
         backend = self.config.channel_layer
-        self.layer = layers.BoundedLayer(layers.make_layer(backend.backend, dict(backend.config)),
-                                         limits.max_layer_sends)
-        await health.check_reachable(self.layer.inner)
+        self.layer = layers.LayerClient(layers.make_layer(backend.backend, dict(backend.config)),
+                                        limits.max_layer_sends)
+        await self.layer.check_reachable()
         if from_channels_redis(type(self.layer.inner), "channels_redis.pubsub"):
             log.warn("{layer} delivers each message to every worker receiving its channel: each datagram "
                      "is handled (and answered) once per running worker", layer=type(self.layer.inner).__name__)
@@ -55,4 +55,4 @@ class WorkerService(AsyncService):
             await self.lifespan.shutdown()
         self._reporter.stop()
         if self.layer is not None:
-            await health.close_layer(self.layer.inner)
+            await self.layer.close()

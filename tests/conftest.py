@@ -114,3 +114,18 @@ def shared_redis():
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def redis_trio():
+    """Three redis-servers of our own for a module's sharded-layer tests (2 or 3 of them as hosts)."""
+    from tests.redisserver import start_redis_server
+
+    servers = []
+    try:
+        for _ in range(3):
+            servers.append(start_redis_server())
+        yield servers
+    finally:
+        for server in servers:
+            server.close()

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from gateway import health
-from gateway.layers import InMemoryChannelLayer, make_layer
-from gateway.redislayer import location, redis_hosts
+from gateway.layers import InMemoryChannelLayer, LayerClient, make_layer
+from gateway.layers.errors import error_text
+from gateway.layers.redis import from_channels_redis, location, redis_hosts
 from tests.support import aio
 
 
@@ -19,7 +19,7 @@ from tests.support import aio
 )
 def test_error_text(exc, line):
     """An error is shown as `Type: message`, or the type alone."""
-    assert health.error_text(exc) == line
+    assert error_text(exc) == line
 
 
 def test_error_text_keeps_redis_messages():
@@ -27,7 +27,7 @@ def test_error_text_keeps_redis_messages():
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     exc = RedisConnectionError("Connection closed by server.")
-    assert health.error_text(exc) == "ConnectionError: Connection closed by server."
+    assert error_text(exc) == "ConnectionError: Connection closed by server."
 
 
 @pytest.mark.parametrize(
@@ -54,8 +54,8 @@ def test_redis_hosts_of_core_and_pubsub_layers():
     for cls in (RedisChannelLayer, RedisPubSubChannelLayer):
         layer = make_layer("x", {"hosts": ["redis://h:1/0"]}, cls=cls)
         assert [h["address"] for h in redis_hosts(layer)] == ["redis://h:1/0"]
-        assert health.is_redis_layer(layer)
-    assert not health.is_redis_layer(InMemoryChannelLayer())
+        assert from_channels_redis(type(layer))
+    assert not from_channels_redis(InMemoryChannelLayer)
 
 
 class _HangingLayer:
@@ -68,7 +68,7 @@ async def test_close_layer_is_bounded():
     """A layer that never finishes closing (a hung Redis) does not hold up a stop."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await health.close_layer(_HangingLayer(), timeout=0.1)
+    await LayerClient(_HangingLayer()).close(timeout=0.1)
     assert loop.time() - started < 1
 
 
@@ -81,5 +81,5 @@ async def test_close_layer_calls_close():
         async def close(self):
             closed.append(True)
 
-    await health.close_layer(Layer())
+    await LayerClient(Layer()).close()
     assert closed == [True]

@@ -1,4 +1,4 @@
-"""Tests for gateway.layers: the in-memory layer, BoundedLayer and the layer helpers."""
+"""Tests for gateway.layers: the in-memory layer, LayerClient and the layer helpers."""
 
 import asyncio
 import os
@@ -14,14 +14,13 @@ from twisted.internet.defer import Deferred
 
 from gateway import layers
 from gateway.layers import (
-    BoundedLayer,
     ChannelFull,
     InMemoryChannelLayer,
-    gateway_id,
-    has_prefix_receive,
+    LayerClient,
     make_layer,
     redis_channel_layer_config,
 )
+from gateway.layers.client import gateway_id, has_prefix_receive
 
 MSG = {"type": "udp.send", "data": b"x"}
 
@@ -467,7 +466,7 @@ async def test_cost_does_not_grow_with_channels():
     assert len(layer._queues) == 20_000
 
 
-# BoundedLayer and helpers
+# LayerClient and helpers
 
 
 class SlowLayer:
@@ -494,7 +493,7 @@ class SlowLayer:
 async def test_bounded_layer_limits_sends():
     """Past max_sends, send and group_send wait for a slot."""
     inner = SlowLayer()
-    bounded = BoundedLayer(inner, 2)
+    bounded = LayerClient(inner, 2)
 
     async def scenario():
         inner.release = asyncio.Event()
@@ -511,9 +510,9 @@ async def test_bounded_layer_limits_sends():
 
 @pytest_twisted.ensureDeferred
 async def test_bounded_layer_passes_through():
-    """BoundedLayer exposes the wrapped layer as .inner and everything else unchanged."""
+    """LayerClient exposes the wrapped layer as .inner and everything else unchanged."""
     inner = InMemoryChannelLayer()
-    bounded = BoundedLayer(inner, 5)
+    bounded = LayerClient(inner, 5)
     assert bounded.inner is inner
     assert bounded.client_prefix == inner.client_prefix
     assert bounded.extensions == ["groups", "flush"]
@@ -528,16 +527,16 @@ class PlainLayer:
 
 
 def test_gateway_id_uses_client_prefix():
-    """The gateway id is the layer's client_prefix, through a BoundedLayer too."""
+    """The gateway id is the layer's client_prefix, through a LayerClient too."""
     layer = InMemoryChannelLayer()
     assert gateway_id(layer) == layer.client_prefix
-    assert gateway_id(BoundedLayer(layer, 1)) == layer.client_prefix
+    assert LayerClient(layer, 1).gateway_id == layer.client_prefix
 
 
 def test_gateway_id_random_and_stable():
     """Without a client_prefix the id is random per layer and stable for each."""
     first, second = PlainLayer(), PlainLayer()
-    assert gateway_id(first) == gateway_id(first) == gateway_id(BoundedLayer(first, 1))
+    assert gateway_id(first) == gateway_id(first) == LayerClient(first, 1).gateway_id
     assert gateway_id(first) != gateway_id(second)
     assert re.fullmatch(r"[0-9a-f]{32}", gateway_id(first))
     empty = PlainLayer()
@@ -556,11 +555,11 @@ def test_gateway_id_unhashable_layer():
 
 
 def test_has_prefix_receive():
-    """Prefix receive is known by receive_single, looking through BoundedLayer."""
+    """Prefix receive is known by receive_single, looking through LayerClient."""
     from channels_redis.core import RedisChannelLayer
 
     assert has_prefix_receive(InMemoryChannelLayer())
-    assert has_prefix_receive(BoundedLayer(InMemoryChannelLayer(), 1))
+    assert LayerClient(InMemoryChannelLayer(), 1).prefix_receive
     assert has_prefix_receive(RedisChannelLayer())
     assert not has_prefix_receive(PlainLayer())
 

@@ -1,17 +1,14 @@
-"""Channel layers: a Django-free in-memory layer with "name!" receive, and helpers."""
+"""The in-memory channel layer: Django-free, with channels_redis' "name!" prefix receive."""
 
 import asyncio
 import fnmatch
 import re
 import time
 import uuid
-import weakref
 from collections import OrderedDict, deque
 from contextlib import suppress
 from copy import deepcopy
 from itertools import count
-
-from gateway.redislayer import from_channels_redis, redis_channel_layer_config  # the latter is public here
 
 try:
     from channels.exceptions import ChannelFull
@@ -24,7 +21,6 @@ except ImportError:  # pragma: no cover - channels is installed with us
 MAX_NAME_LENGTH = 100
 _CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+(\![\d\w\-_.]*)?$")
 _GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
-_ids = weakref.WeakKeyDictionary()
 
 
 def _wake(waiters):
@@ -285,74 +281,3 @@ def _require_name(name, regex, kind):
         raise TypeError(f"{kind} name must be a str shorter than {MAX_NAME_LENGTH} of "
                         f"ASCII alphanumerics, hyphens, underscores or periods: {name!r}")
     return True
-
-
-class BoundedLayer:
-    """A layer whose send and group_send wait past max_sends in flight at once."""
-
-    def __init__(self, layer, max_sends):
-        self.inner = layer
-        self.max_sends = max_sends
-        self._semaphore = None
-
-    def __getattr__(self, name):
-        if name == "inner":  # not set yet (copy, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    async def send(self, channel, message):
-        async with self._sends():
-            await self.inner.send(channel, message)
-
-    async def group_send(self, group, message):
-        async with self._sends():
-            await self.inner.group_send(group, message)
-
-    def _sends(self):
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.max_sends)
-        return self._semaphore
-
-
-def _unwrap(layer):
-    while isinstance(layer, BoundedLayer):
-        layer = layer.inner
-    return layer
-
-
-def gateway_id(layer):
-    """This process's id in reply channels: the layer's client_prefix, or random."""
-    layer = _unwrap(layer)
-    try:
-        prefix = getattr(layer, "client_prefix", None)
-    except RuntimeError:  # RedisPubSubChannelLayer's __getattr__ outside a loop
-        prefix = None
-    if isinstance(prefix, str) and prefix:
-        return prefix
-    try:
-        return _ids.setdefault(layer, uuid.uuid4().hex)
-    except TypeError:  # not weakly referenceable or unhashable: keep it on the object
-        if not getattr(layer, "_udpgateway_id", None):
-            layer._udpgateway_id = uuid.uuid4().hex
-        return layer._udpgateway_id
-
-
-def has_prefix_receive(layer):
-    """Whether one receive_single("name!") serves every "name!..." channel.
-
-    Looked up on the class: RedisPubSubChannelLayer's __getattr__ needs a loop.
-    """
-    return callable(getattr(type(_unwrap(layer)), "receive_single", None))
-
-
-def make_layer(backend, config, cls=None):
-    """The configured layer: "memory", or a Channels layer class called with config."""
-    if backend == "memory":
-        return InMemoryChannelLayer(**config)
-    if cls is None:
-        from .importing import import_from_string
-
-        cls = import_from_string(backend)
-    if from_channels_redis(cls):
-        return cls(**redis_channel_layer_config(config))
-    return cls(**config)

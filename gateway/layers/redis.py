@@ -1,20 +1,10 @@
-"""Everything specific to channels_redis: host options, the startup probe, closing pools, at-most-once receive.
-
-Receive: channels_redis' own receive keeps each popped message in a
-`<channel>$inflight` backup shared by every consumer of the channel, and
-before each receive puts that whole backup back into the queue: with several
-workers on `udp.receive`, a message one worker is handling is handed to
-another as well (https://github.com/django/channels_redis/issues/163).
-Datagrams are at-most-once anyway, so our workers pop directly: one Redis
-command instead of four, and no message is delivered twice.
-"""
+"""Everything specific to channels_redis: which classes are its layers, host options, the startup probe, closing pools."""
 
 import asyncio
-import itertools
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from gateway.health import LayerUnreachable, error_text
+from gateway.layers.errors import LayerUnreachable, error_text
 
 _DEFAULT_HOSTS = [("127.0.0.1", 6379)]
 
@@ -136,77 +126,6 @@ async def close_redis_layer(layer):
     loop_layers.clear()
 
 
-_ATTRIBUTES = ("connection", "prefix", "deserialize", "_receive_index_generator", "ring_size")
-
-
-def supports(layer):
-    """True for channels_redis' RedisChannelLayer (the sorted-set layout this module reads)."""
-    return type(layer).__module__ == "channels_redis.core" and all(hasattr(layer, a) for a in _ATTRIBUTES)
-
-
-def receiver(layer):
-    """`async receive(channel, timeout=None)` -> message, or None once `timeout` passed.
-
-    At most once for normal channels of a channels_redis layer; the layer's own receive otherwise.
-    """
-    inner = getattr(layer, "inner", layer)
-    redis = supports(inner)
-
-    async def receive(channel, timeout=None):
-        if redis and "!" not in channel:
-            return await receive_once(inner, channel, timeout)
-        return await _waited(layer.receive(channel), timeout)
-
-    return receive
-
-
-async def receive_once(layer, channel, timeout=None):
-    """The next message of a normal channel, popped atomically; None after `timeout` seconds."""
-    assert layer.require_valid_channel_name(channel)
-    key = layer.prefix + channel
-    # With one host, block for channels_redis' usual timeout; with several, look
-    # at each in turn, since sends to a normal channel go round-robin over hosts.
-    wait = timeout or (layer.brpop_timeout if layer.ring_size == 1 else 1)
-    for _ in itertools.count() if timeout is None else range(layer.ring_size):  # with a timeout: each host once
-        connection = layer.connection(next(layer._receive_index_generator))
-        # The server-side timeout ends a wait without cancelling a command in flight.
-        result = await connection.bzpopmin(key, timeout=wait)
-        if result is not None:
-            return layer.deserialize(result[1])
-    return None
-
-
-def prefix_receiver(layer):
-    """`async receive(prefix, timeout=None)` -> (channel, message), or None once `timeout` passed.
-
-    For channels_redis one BZPOPMIN on the prefix's queue (at most once: only this
-    gateway reads its `udp.send.<id>!` queue); for other layers their receive_single.
-    """
-    inner = getattr(layer, "inner", layer)
-    if supports(inner):
-        return lambda prefix, timeout=None: receive_prefixed(inner, prefix, timeout)
-    return lambda prefix, timeout=None: _waited(layer.receive_single(prefix), timeout)
-
-
-async def _waited(awaitable, timeout):
-    """The awaitable's result; with a timeout, None once it passed (other layers: cancelled client-side)."""
-    if timeout is None:
-        return await awaitable
-    try:
-        return await asyncio.wait_for(awaitable, timeout)
-    except asyncio.TimeoutError:
-        return None
-
-
-async def receive_prefixed(layer, prefix, timeout=None):
-    """The next message sent to any `prefix...` channel, popped atomically; None after `timeout` seconds."""
-    key = layer.prefix + prefix
-    connection = layer.connection(layer.consistent_hash(prefix))  # where channels_redis' receive_single looks
-    while True:
-        # The server-side timeout ends a wait without cancelling a command in flight.
-        result = await connection.bzpopmin(key, timeout=timeout or layer.brpop_timeout)
-        if result is not None:
-            message = layer.deserialize(result[1])
-            return message.pop("__asgi_channel__", prefix), message
-        if timeout:
-            return None
+def is_core_layer(layer):
+    """A channels_redis.core.RedisChannelLayer or a subclass (ours): sorted sets per channel, read by popping."""
+    return from_channels_redis(type(layer), "channels_redis.core")

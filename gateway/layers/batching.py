@@ -1,0 +1,185 @@
+"""BatchingRedisChannelLayer: channels_redis' RedisChannelLayer with one Redis round trip per batch of sends or receives.
+
+Name it wherever a Channels layer goes (``channel_layer.backend`` or
+Django's ``CHANNEL_LAYERS``) as ``gateway.layers.batching.BatchingRedisChannelLayer``.
+It takes channels_redis 4.3's keys and defaults, keeps its keys and message
+encoding in Redis, and so exchanges messages with stock channels_redis
+processes both ways. What differs:
+
+- sends made in one event-loop turn go to Redis as one Lua script call per
+  host, which trims expired messages, checks each message against its
+  channel's capacity and adds it (ChannelFull for those that do not fit);
+- a receive pops up to ``receive_batch`` messages at once into a local
+  buffer (gateway.layers.inbox), at most once: channels_redis' own receive
+  re-queues what another consumer is handling (channels_redis issue #163);
+- ``x!y`` channels live on the host of ``x!``, and receives read every host,
+  so with several hosts a reply arrives wherever a stock process put it.
+"""
+
+import asyncio
+import time
+
+from channels.exceptions import ChannelFull
+from channels_redis.core import RedisChannelLayer
+
+from gateway.layers.inbox import Inbox
+
+RECEIVE_BATCH = 64  # messages one receive round trip may pop per host
+
+# KEYS: one per message. ARGV: expired-before score, expiry seconds, then
+# (message, capacity, score) per message. Returns 1 (added) or 0 (full) per message.
+_SEND_SCRIPT = """
+local cutoff, expiry = ARGV[1], ARGV[2]
+local counts, added = {}, {}
+for i = 1, #KEYS do
+    local key = KEYS[i]
+    if counts[key] == nil then
+        redis.call('ZREMRANGEBYSCORE', key, 0, cutoff)
+        counts[key] = redis.call('ZCARD', key)
+    end
+    local base = 3 * i
+    if counts[key] < tonumber(ARGV[base + 1]) then
+        redis.call('ZADD', key, ARGV[base + 2], ARGV[base])
+        counts[key] = counts[key] + 1
+        added[i] = 1
+    else
+        added[i] = 0
+    end
+end
+for key in pairs(counts) do
+    redis.call('EXPIRE', key, expiry)
+end
+return added
+"""
+
+
+class _SendBatch:
+    """The sends of one event-loop turn, per host; flushed by one script call per host."""
+
+    def __init__(self, layer, loop):
+        self.layer = layer
+        self.loop = loop
+        self.pending = {}     # host index -> [(key, payload, capacity, future)]
+        self.flushes = set()  # script calls in flight
+
+    def add(self, index, key, payload, capacity):
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        future = self.loop.create_future()
+        self.pending.setdefault(index, []).append((key, payload, capacity, future))
+        return future
+
+    def flush(self):
+        pending, self.pending = self.pending, {}
+        for index, sends in pending.items():
+            task = self.loop.create_task(self._call(index, sends))
+            self.flushes.add(task)
+            task.add_done_callback(self.flushes.discard)
+
+    async def _call(self, index, sends):
+        try:
+            added = await self.layer._run_send_script(index, sends)
+        except BaseException as exc:
+            for *_, future in sends:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            return
+        for (*_, future), ok in zip(sends, added):
+            if not future.done():
+                future.set_result(bool(ok))
+
+
+class BatchingRedisChannelLayer(RedisChannelLayer):
+    """A drop-in for channels_redis.core.RedisChannelLayer that batches its Redis round trips."""
+
+    pops_at_most_once = True  # LayerClient uses receive_single as it is
+
+    def __init__(self, hosts=None, prefix="asgi", expiry=60, group_expiry=86400, capacity=100,
+                 channel_capacity=None, symmetric_encryption_keys=None, random_prefix_length=12,
+                 serializer_format="msgpack", receive_batch=RECEIVE_BATCH):
+        super().__init__(hosts=hosts, prefix=prefix, expiry=expiry, group_expiry=group_expiry, capacity=capacity,
+                         channel_capacity=channel_capacity, symmetric_encryption_keys=symmetric_encryption_keys,
+                         random_prefix_length=random_prefix_length, serializer_format=serializer_format)
+        if not (isinstance(receive_batch, int) and receive_batch >= 1):
+            raise ValueError(f"receive_batch must be a positive integer, not {receive_batch!r}")
+        self.receive_batch = receive_batch
+        self._batches = {}   # event loop -> _SendBatch
+        self._inboxes = {}   # (event loop, Redis key) -> Inbox
+        self._scripts = {}   # event loop -> registered send script
+        self._last_score = 0.0
+
+    async def send(self, channel, message):
+        """Queue a message for this turn's batch; ChannelFull if its channel was at capacity."""
+        assert isinstance(message, dict), "message is not a dict"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        assert "__asgi_channel__" not in message
+        if "!" in channel:
+            message = dict(message.items())
+            message["__asgi_channel__"] = channel
+            non_local = self.non_local_name(channel)
+            index = self.consistent_hash(non_local)  # where a stock receive_single("x!") looks
+        else:
+            non_local = channel
+            index = next(self._send_index_generator)
+        batch = self._batch()
+        added = await batch.add(index, self.prefix + non_local, self.serialize(message), self.get_capacity(channel))
+        if not added:
+            raise ChannelFull(channel)
+
+    async def receive_single(self, channel):
+        """(channel, message): the next message of a channel or of any channel of an `x!` prefix, from any host."""
+        assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
+        key = self.prefix + channel
+        loop = asyncio.get_running_loop()
+        inbox = self._inboxes.get((loop, key))
+        if inbox is None:
+            inbox = self._inboxes[loop, key] = Inbox(self, key, batch=self.receive_batch, block=self.brpop_timeout)
+        message = self.deserialize(await inbox.get())
+        if "__asgi_channel__" in message:
+            channel = message.pop("__asgi_channel__")
+        return channel, message
+
+    async def close_pools(self):
+        """Finish this loop's batched sends, stop its receive rounds, then close every pool."""
+        loop = asyncio.get_running_loop()
+        batch = self._batches.pop(loop, None)
+        if batch is not None:
+            batch.flush()
+            if batch.flushes:
+                await asyncio.wait(list(batch.flushes))
+        for key in [k for k in self._inboxes if k[0] is loop]:
+            await self._inboxes.pop(key).close()
+        self._scripts.pop(loop, None)
+        await super().close_pools()
+
+    async def flush(self):
+        """Delete every message and group on every host, and this loop's local buffers."""
+        loop = asyncio.get_running_loop()
+        for key in [k for k in self._inboxes if k[0] is loop]:
+            self._inboxes[key].buffer.clear()
+        await super().flush()
+
+    # -- internals -----------------------------------------------------------
+    def _batch(self):
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(loop)
+        if batch is None:
+            batch = self._batches[loop] = _SendBatch(self, loop)
+        return batch
+
+    async def _run_send_script(self, index, sends):
+        connection = self.connection(index)
+        loop = asyncio.get_running_loop()
+        script = self._scripts.get(loop)
+        if script is None:
+            script = self._scripts[loop] = connection.register_script(_SEND_SCRIPT)
+        keys, args = [], [int(time.time()) - int(self.expiry), int(self.expiry)]
+        for key, payload, capacity, _future in sends:
+            keys.append(key)
+            args += [payload, capacity, repr(self._score())]
+        return await script(keys=keys, args=args, client=connection)
+
+    def _score(self):
+        """Wall-clock time as channels_redis scores messages, strictly increasing so a batch keeps its order."""
+        self._last_score = max(time.time(), self._last_score + 1e-6)
+        return self._last_score

@@ -1,0 +1,170 @@
+"""LayerClient: the one object the runner, the reply pump, delivery and the worker ask for the channel layer."""
+
+import asyncio
+import uuid
+import weakref
+
+from twisted.logger import Logger
+
+from gateway.layers import redis
+from gateway.layers.inbox import Inbox
+from gateway.layers.memory import InMemoryChannelLayer
+
+log = Logger()
+PROBE_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 5.0  # seconds a stop waits for the layer's connections to close (a hung Redis)
+_ids = weakref.WeakKeyDictionary()
+
+
+def make_layer(backend, config, cls=None):
+    """The configured layer: "memory", or a Channels layer class called with config."""
+    if backend == "memory":
+        return InMemoryChannelLayer(**config)
+    if cls is None:
+        from gateway.importing import import_from_string
+
+        cls = import_from_string(backend)
+    if redis.from_channels_redis(cls):
+        return cls(**redis.redis_channel_layer_config(config))
+    return cls(**config)
+
+
+class LayerClient:
+    """A channel layer as this process uses it: send, receive, prefix receive, reachability, close.
+
+    How each is done is decided here, once per layer class:
+    - layers that pop at most once themselves (`pops_at_most_once`, our
+      BatchingRedisChannelLayer): their own receive_single, for channels and prefixes;
+    - channels_redis' RedisChannelLayer: an Inbox per key reading every host.
+      Its own receive re-delivers what another consumer is handling
+      (https://github.com/django/channels_redis/issues/163), and its
+      receive_single("x!") reads only the prefix's host while its send puts
+      "x!y" on the host of the whole name;
+    - any other layer: its receive and receive_single.
+    Applications get this object as scope["channel_layer"]: every attribute
+    of the layer, with send and group_send bounded to `max_sends` in flight.
+    """
+
+    def __init__(self, layer, max_sends=None):
+        self.inner = layer
+        self.max_sends = max_sends
+        self._semaphore = None
+        self._inboxes = {}  # Redis key -> Inbox (channels_redis' own layer only)
+        self._pops_itself = bool(getattr(type(layer), "pops_at_most_once", False))
+        self._stock_redis = not self._pops_itself and redis.is_core_layer(layer)
+
+    def __getattr__(self, name):
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    # -- what applications see --------------------------------------------
+    async def send(self, channel, message):
+        async with self._sends():
+            await self.inner.send(channel, message)
+
+    async def group_send(self, group, message):
+        async with self._sends():
+            await self.inner.group_send(group, message)
+
+    def _sends(self):
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.max_sends or 1 << 30)
+        return self._semaphore
+
+    # -- what the gateway and the worker ask --------------------------------
+    @property
+    def gateway_id(self):
+        """This process's id in reply channels: the layer's client_prefix, or random."""
+        return gateway_id(self.inner)
+
+    @property
+    def prefix_receive(self):
+        """Whether one receive_single("name!") serves every "name!..." channel."""
+        return has_prefix_receive(self.inner)
+
+    async def receive(self, channel, timeout=None):
+        """The next message of `channel`; None once `timeout` seconds passed (at most once on Redis)."""
+        if "!" in channel or not (self._pops_itself or self._stock_redis):
+            return await _waited(self.inner.receive(channel), timeout)
+        received = await self.receive_prefixed(channel, timeout)
+        return None if received is None else received[1]
+
+    async def receive_prefixed(self, prefix, timeout=None):
+        """(channel, message) of the next message sent to any `prefix...` channel; None after `timeout`."""
+        if not self._stock_redis:
+            return await _waited(self.inner.receive_single(prefix), timeout)
+        assert self.inner.require_valid_channel_name(prefix, receive=True)
+        content = await _waited(self._inbox(prefix).get(), timeout)
+        if content is None:
+            return None
+        message = self.inner.deserialize(content)
+        return message.pop("__asgi_channel__", prefix), message
+
+    def _inbox(self, channel):
+        key = self.inner.prefix + channel
+        inbox = self._inboxes.get(key)
+        if inbox is None:
+            inbox = self._inboxes[key] = Inbox(self.inner, key, batch=1, block=self.inner.brpop_timeout)
+        return inbox
+
+    async def check_reachable(self):
+        """Ping each Redis host of a channels_redis layer; other layers are in-process or lazy."""
+        if redis.from_channels_redis(type(self.inner)):
+            await redis.ping_hosts(self.inner, PROBE_TIMEOUT)
+
+    async def close(self, timeout=CLOSE_TIMEOUT):
+        """Close connection pools (channels_redis) or the layer itself, if it can; bounded, so a stop ends."""
+        try:
+            await asyncio.wait_for(self._close(), timeout)
+        except asyncio.TimeoutError:
+            log.warn("closing the channel layer took over {t}s; leaving its connections to the exit", t=timeout)
+
+    async def _close(self):
+        inboxes, self._inboxes = list(self._inboxes.values()), {}
+        for inbox in inboxes:
+            await inbox.close()
+        if redis.from_channels_redis(type(self.inner)):
+            await redis.close_redis_layer(self.inner)
+            return
+        closer = getattr(self.inner, "close", None)
+        if closer is not None:
+            result = closer()
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                await result
+
+
+async def _waited(awaitable, timeout):
+    """The awaitable's result; with a timeout, None once it passed (cancelled client-side)."""
+    if timeout is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        return None
+
+
+def gateway_id(layer):
+    """A layer's client_prefix, or a random id kept for it."""
+    layer = layer.inner if isinstance(layer, LayerClient) else layer
+    try:
+        prefix = getattr(layer, "client_prefix", None)
+    except RuntimeError:  # RedisPubSubChannelLayer's __getattr__ outside a loop
+        prefix = None
+    if isinstance(prefix, str) and prefix:
+        return prefix
+    try:
+        return _ids.setdefault(layer, uuid.uuid4().hex)
+    except TypeError:  # not weakly referenceable or unhashable: keep it on the object
+        if not getattr(layer, "_udpgateway_id", None):
+            layer._udpgateway_id = uuid.uuid4().hex
+        return layer._udpgateway_id
+
+
+def has_prefix_receive(layer):
+    """Whether one receive_single("name!") serves every "name!..." channel.
+
+    Looked up on the class: RedisPubSubChannelLayer's __getattr__ needs a loop.
+    """
+    layer = layer.inner if isinstance(layer, LayerClient) else layer
+    return callable(getattr(type(layer), "receive_single", None))
