@@ -11,7 +11,8 @@ def _redis_missing(backend, exc):
     missing = exc.missing or ""
     if missing == "channels_redis":
         return True
-    return bool(missing) and backend.startswith("channels_redis.") and not missing.startswith("channels_redis")
+    redis_backend = backend.startswith(("channels_redis.", "gateway.layers.batching."))  # ours needs it too
+    return bool(missing) and redis_backend and not missing.startswith("channels_redis")
 
 
 def _parameters(layer_class):

@@ -27,7 +27,8 @@ from gateway.layers.inbox import Inbox
 RECEIVE_BATCH = 64  # messages one receive round trip may pop per host
 
 # KEYS: one per message. ARGV: expired-before score, expiry seconds, then
-# (message, capacity, score) per message. Returns 1 (added) or 0 (full) per message.
+# (message, capacity, score) per message. Returns one string, "1" (added) or
+# "0" (full) per message: one reply to parse instead of one per message.
 _SEND_SCRIPT = """
 local cutoff, expiry = ARGV[1], ARGV[2]
 local counts, added = {}, {}
@@ -41,38 +42,50 @@ for i = 1, #KEYS do
     if counts[key] < tonumber(ARGV[base + 1]) then
         redis.call('ZADD', key, ARGV[base + 2], ARGV[base])
         counts[key] = counts[key] + 1
-        added[i] = 1
+        added[i] = '1'
     else
-        added[i] = 0
+        added[i] = '0'
     end
 end
 for key in pairs(counts) do
     redis.call('EXPIRE', key, expiry)
 end
-return added
+return table.concat(added)
 """
 
 
 class _SendBatch:
-    """The sends of one event-loop turn, per host; flushed by one script call per host."""
+    """The sends waiting for one script call per host, made at the end of the loop turn they came in.
+
+    While a host's call is in flight, the sends for that host wait and go
+    together in the next call as soon as it returns: under load a batch is
+    everything sent during one Redis round trip, at no cost in latency when idle.
+    """
 
     def __init__(self, layer, loop):
         self.layer = layer
         self.loop = loop
         self.pending = {}     # host index -> [(key, payload, capacity, future)]
+        self.busy = set()     # host indexes with a call in flight
         self.flushes = set()  # script calls in flight
+        self._scheduled = False
 
     def add(self, index, key, payload, capacity):
-        if not self.pending:
+        if not self._scheduled:
+            self._scheduled = True
             self.loop.call_soon(self.flush)
         future = self.loop.create_future()
         self.pending.setdefault(index, []).append((key, payload, capacity, future))
         return future
 
-    def flush(self):
-        pending, self.pending = self.pending, {}
-        for index, sends in pending.items():
-            task = self.loop.create_task(self._call(index, sends))
+    def flush(self, hosts=None):
+        """Start a call for every host with sends waiting and none in flight."""
+        self._scheduled = False
+        for index in list(self.pending) if hosts is None else hosts:
+            if index in self.busy or index not in self.pending:
+                continue
+            self.busy.add(index)
+            task = self.loop.create_task(self._call(index, self.pending.pop(index)))
             self.flushes.add(task)
             task.add_done_callback(self.flushes.discard)
 
@@ -83,10 +96,16 @@ class _SendBatch:
             for *_, future in sends:
                 if not future.done():
                     future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-            return
-        for (*_, future), ok in zip(sends, added):
-            if not future.done():
-                future.set_result(bool(ok))
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (*_, future), ok in zip(sends, added):
+                if not future.done():
+                    future.set_result(ok == 49)  # b"1"
+        finally:
+            self.busy.discard(index)
+            if index in self.pending:
+                self.flush([index])
 
 
 class BatchingRedisChannelLayer(RedisChannelLayer):
@@ -145,7 +164,7 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         batch = self._batches.pop(loop, None)
         if batch is not None:
             batch.flush()
-            if batch.flushes:
+            while batch.flushes:  # a call ending starts the next one of its host
                 await asyncio.wait(list(batch.flushes))
         for key in [k for k in self._inboxes if k[0] is loop]:
             await self._inboxes.pop(key).close()

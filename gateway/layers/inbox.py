@@ -3,6 +3,16 @@
 import asyncio
 from collections import deque
 
+# ZPOPMIN up to ARGV[1] members, returning the members only (half the replies to parse).
+_POP_SCRIPT = """
+local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+local members = {}
+for i = 1, #popped, 2 do
+    members[#members + 1] = popped[i]
+end
+return members
+"""
+
 
 class Inbox:
     """The messages of one Redis key (a channel, or a whole `name!` prefix) popped for receive().
@@ -24,6 +34,7 @@ class Inbox:
         self.buffer = deque()   # serialized messages, oldest first
         self._rounds = {}       # host index -> its pop round in flight
         self._waiters = deque()
+        self._script = None
 
     async def get(self):
         """The next serialized message; waits for pop rounds while the buffer is empty."""
@@ -64,9 +75,11 @@ class Inbox:
 
     async def _pop(self, connection):
         if self.batch > 1:
-            members = await connection.zpopmin(self.key, self.batch)
+            if self._script is None:
+                self._script = connection.register_script(_POP_SCRIPT)
+            members = await self._script(keys=[self.key], args=[self.batch], client=connection)
             if members:
-                return [member for member, _score in members]
+                return members
         # The server-side timeout ends a wait without cancelling a command in flight.
         result = await connection.bzpopmin(self.key, timeout=self.block)
         return [] if result is None else [result[1]]

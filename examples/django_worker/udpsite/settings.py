@@ -11,15 +11,18 @@ INSTALLED_APPS = ["channels"]
 ASGI_APPLICATION = "udpsite.asgi.application"
 USE_TZ = True
 
-# The same Redis, prefix and capacities as the gateway's channel_layer
-# (examples/redis.yaml). redis_channel_layer_config turns each host into
+# The same Redis, layer, prefix and capacities as the gateway's channel_layer
+# (examples/redis.yaml). BatchingRedisChannelLayer is channels_redis'
+# RedisChannelLayer with one Redis round trip per batch of sends or receives;
+# CHANNEL_LAYER_BACKEND=channels_redis.core.RedisChannelLayer runs the stock
+# layer instead (they exchange messages both ways). redis_channel_layer_config turns each host into
 # channels_redis' dict form with socket_timeout None (redis-py 8 otherwise
 # breaks every blocking receive after 5 idle seconds) and one retry on a
 # dropped connection (the first command on each pooled connection after a
 # Redis restart).
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": os.environ.get("CHANNEL_LAYER_BACKEND", "gateway.layers.batching.BatchingRedisChannelLayer"),
         "CONFIG": redis_channel_layer_config({
             "hosts": [os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")],
             "channel_capacity": {"udp.receive": 10000, "udp.send.*": 10000},

@@ -1,0 +1,172 @@
+"""Redis topologies side by side in one run, on 127.0.0.1 and a redis-server of its own.
+
+    python benchmarks/redis_bench.py            # the full run (a few minutes)
+    python benchmarks/redis_bench.py --smoke    # seconds; what CI runs
+
+Rows: a bare layer round trip without gateway (a client process doing
+layer.send and a worker doing receive and the reply send) on stock
+channels_redis and on BatchingRedisChannelLayer; a gateway with 1, 2 and 4
+`udpgateway worker` processes on our layer and 2 on stock channels_redis;
+a gateway with Django's `manage.py runworker` on each. Each UDP row sends
+64-byte datagrams with 64 in flight, bounded in count and time. The last
+line holds the headline figures. Every process it started (redis-server
+included) is stopped by PID, even when a start fails.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from echo_bench import BIN, REPO, latency, start, start_redis, stop, throughput  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+STOCK = "channels_redis.core.RedisChannelLayer"
+OURS = "gateway.layers.batching.BatchingRedisChannelLayer"
+MOONSHOT = 50_000
+GATEWAY_READY = r"listener echo \(plain\) on \S+:(\d+)"
+
+
+def rows(smoke):
+    """(name, kind, backend, workers) of every measurement, in table order."""
+    if smoke:
+        return [("bare stock", "bare", STOCK, 1), ("gateway+2 ours", "gateway", OURS, 2),
+                ("runworker ours", "runworker", OURS, 1)]
+    return [
+        ("bare stock", "bare", STOCK, 1),
+        ("bare ours", "bare", OURS, 1),
+        ("gateway+1 ours", "gateway", OURS, 1),
+        ("gateway+2 ours", "gateway", OURS, 2),
+        ("gateway+4 ours", "gateway", OURS, 4),
+        ("gateway+2 stock", "gateway", STOCK, 2),
+        ("runworker stock", "runworker", STOCK, 1),
+        ("runworker ours", "runworker", OURS, 1),
+    ]
+
+
+def environment(redis_port, backend):
+    return dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", UDPGATEWAY_PORT="0",
+                CHANNEL_LAYER_BACKEND=backend, UDPGATEWAY_APPLICATION="echo:application")
+
+
+def start_with(env, argv, pattern, cwd):
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        return start(argv, pattern, cwd)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_udp_row(kind, backend, workers, redis_port, tmp, processes, args):
+    """Start a gateway (on our layer for runworker rows) and its workers; measure over UDP."""
+    config = str(REPO / "examples" / "redis.yaml")
+    gateway_env = environment(redis_port, OURS if kind == "runworker" else backend)
+    gateway_env.pop("UDPGATEWAY_APPLICATION")
+    gateway, port = start_with(gateway_env, [str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd-{len(processes)}.pid",
+                                             "udpgateway", "-c", config], GATEWAY_READY, tmp)
+    processes.append(gateway)
+    env = environment(redis_port, backend)
+    for _ in range(workers):
+        if kind == "runworker":  # it logs nothing when ready: the warm-up below waits for its first answer
+            processes.append(subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
+                                              cwd=str(REPO / "examples" / "django_worker"),
+                                              env=dict(env, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL))
+        else:
+            argv = [str(BIN / "udpgateway"), "worker", "-c", config]
+            processes.append(start_with(env, argv, r"udpgateway worker consuming", tmp)[0])
+    if not latency(port, 200, args.size, 20.0)[:1]:
+        raise RuntimeError("no answer within 20 s")
+    times = latency(port, args.pings, args.size, args.budget)
+    rate, answered, sent = throughput(port, args.count, args.size, args.window, args.budget)
+    return times, rate, answered, sent
+
+
+def run_bare_row(backend, redis_port, tmp, processes, args):
+    """A layer client and a layer worker process, no gateway."""
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    script = str(HERE / "layer_roundtrip.py")
+    processes.append(start([sys.executable, script, "worker", backend, url], r"layer worker ready", tmp)[0])
+    done = subprocess.run([sys.executable, script, "client", backend, url, str(args.pings), str(args.count),
+                           str(args.window), str(args.budget)], capture_output=True, text=True,
+                          timeout=3 * args.budget + 30, cwd=tmp)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("result")), None)
+    if line is None:
+        raise RuntimeError(f"layer client failed:\n{done.stdout}{done.stderr}")
+    fields = line.split()
+    values = dict(zip(fields[1::2], fields[2::2]))
+    return None, float(values["rate"]), int(values["answered"]), int(values["sent"]), values
+
+
+def measure(row, redis, tmp, args):
+    name, kind, backend, workers = row
+    processes = []
+    try:
+        if kind == "bare":
+            _, rate, answered, sent, values = run_bare_row(backend, redis, tmp, processes, args)
+            p50, p99 = float(values["p50"]), float(values["p99"])
+        else:
+            times, rate, answered, sent = run_udp_row(kind, backend, workers, redis, tmp, processes, args)
+            times.sort()
+            p50 = times[len(times) // 2] if times else float("nan")
+            p99 = times[int(len(times) * 0.99) - 1] if len(times) > 1 else float("nan")
+    finally:
+        for proc in reversed(processes):
+            stop(proc)
+    result = {"name": name, "p50": p50, "p99": p99, "rate": rate, "answered": answered, "sent": sent}
+    print(f"{name:<16} {p50:>9.0f} {p99:>9.0f} {rate:>12.0f} {answered:>9}/{sent:<9}", flush=True)
+    return result
+
+
+def flushall(port):
+    subprocess.run(["redis-cli", "-p", str(port), "FLUSHALL"], capture_output=True, timeout=10)
+
+
+def headline(results):
+    by_name = {r["name"]: r["rate"] for r in results}
+    parts = []
+    ours2 = by_name.get("gateway+2 ours")
+    if ours2 is not None:
+        stock2 = by_name.get("gateway+2 stock")
+        parts.append(f"gateway+2 workers on our layer {ours2:,.0f}/s"
+                     + (f" (x{ours2 / stock2:.1f} stock)" if stock2 else ""))
+    if by_name.get("runworker stock") and "runworker ours" in by_name:
+        parts.append(f"runworker ours/stock x{by_name['runworker ours'] / by_name['runworker stock']:.1f}")
+    if "bare stock" in by_name:
+        parts.append(f"bare stock round trip {by_name['bare stock']:,.0f}/s")
+    best = max(r["rate"] for r in results)
+    parts.append(f"moonshot {MOONSHOT:,}/s: best {best:,.0f}/s = {100 * best / MOONSHOT:.0f}%")
+    return "headline: " + "; ".join(parts)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: checks it runs, not a measurement")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--only", help="run only the rows whose name contains this text")
+    args = parser.parse_args(argv)
+    args.pings, args.count, args.window, args.budget = (20, 200, 16, 5.0) if args.smoke else (500, 40000, 64, 20.0)
+    selected = [r for r in rows(args.smoke) if not args.only or args.only in r[0]]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "echo.py").write_text((REPO / "examples" / "echo.py").read_text())
+        redis, port = start_redis(tmp)
+        try:
+            print(f"{'row':<16} {'p50 us':>9} {'p99 us':>9} {'round trips/s':>12} {'answered/sent':>19}", flush=True)
+            for row in selected:
+                flushall(port)
+                results.append(measure(row, port, tmp, args))
+        finally:
+            stop(redis)
+    print(headline(results), flush=True)
+    return 0 if all(r["answered"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
