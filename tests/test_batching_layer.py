@@ -1,0 +1,201 @@
+"""BatchingRedisChannelLayer against a real redis-server: coalesced sends, capacity, bounded receives, interop, groups."""
+
+import asyncio
+
+import pytest
+
+from gateway.layers import make_layer
+from tests.support import aio
+
+pytest.importorskip("channels_redis")
+
+from channels.exceptions import ChannelFull  # noqa: E402
+from channels_redis.core import RedisChannelLayer  # noqa: E402
+
+from gateway.layers.batching import BatchingRedisChannelLayer  # noqa: E402
+
+OURS = "gateway.layers.batching.BatchingRedisChannelLayer"
+STOCK = "channels_redis.core.RedisChannelLayer"
+
+
+def _layer(server, backend=OURS, **config):
+    return make_layer(backend, {"hosts": [server.url], **config})
+
+
+class CountingLayer(BatchingRedisChannelLayer):
+    """Records the size of every script call it makes."""
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.calls = []
+
+    async def _run_send_script(self, index, sends):
+        self.calls.append(len(sends))
+        return await super()._run_send_script(index, sends)
+
+
+def test_same_config_keys_and_defaults_as_channels_redis():
+    """Every keyword of channels_redis' RedisChannelLayer is accepted, with the same default."""
+    import inspect
+
+    stock = inspect.signature(RedisChannelLayer.__init__).parameters
+    ours = inspect.signature(BatchingRedisChannelLayer.__init__).parameters
+    for name, parameter in stock.items():
+        assert name in ours and ours[name].default == parameter.default, name
+    with pytest.raises(ValueError, match="receive_batch"):
+        BatchingRedisChannelLayer(receive_batch=0)
+
+
+@aio
+async def test_sends_of_one_turn_are_one_script_call(redis_server):
+    """Sends made in the same event-loop turn reach Redis in one script call, in order."""
+    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000}, cls=CountingLayer)
+    try:
+        await asyncio.gather(*(layer.send("udp.receive", {"type": "t", "n": n}) for n in range(50)))
+        assert layer.calls == [50]
+        assert [(await layer.receive("udp.receive"))["n"] for _ in range(50)] == list(range(50))
+    finally:
+        await layer.close_pools()
+
+
+@aio
+async def test_sends_during_a_call_wait_for_the_next_one(redis_server):
+    """Sends made while a host's call is in flight go together in the next call."""
+    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000}, cls=CountingLayer)
+    try:
+        first = asyncio.ensure_future(layer.send("udp.receive", {"type": "t", "n": 0}))
+        await asyncio.sleep(0)  # the first call is now in flight
+        rest = [asyncio.ensure_future(layer.send("udp.receive", {"type": "t", "n": n})) for n in range(1, 30)]
+        await asyncio.gather(first, *rest)
+        assert layer.calls == [1, 29]
+    finally:
+        await layer.close_pools()
+
+
+@aio
+async def test_capacity_is_checked_per_message_within_a_batch(redis_server):
+    """A batch larger than the room left adds what fits and raises ChannelFull for the rest."""
+    layer = _layer(redis_server, capacity=10)
+    try:
+        await layer.send("full", {"type": "t"})
+        results = await asyncio.gather(*(layer.send("full", {"type": "t", "n": n}) for n in range(20)),
+                                       return_exceptions=True)
+        assert sum(r is None for r in results) == 9
+        assert all(isinstance(r, ChannelFull) for r in results if r is not None)
+        assert redis_server.command(b"ZCARD", b"asgifull") == b":10"
+    finally:
+        await layer.close_pools()
+
+
+@aio
+async def test_channel_capacity_patterns_apply(redis_server):
+    """channel_capacity globs give a channel its own capacity, as in channels_redis."""
+    layer = _layer(redis_server, capacity=1, channel_capacity={"roomy.*": 5})
+    try:
+        for _ in range(5):
+            await layer.send("roomy.a", {"type": "t"})
+        with pytest.raises(ChannelFull):
+            await layer.send("roomy.a", {"type": "t"})
+        await layer.send("tight", {"type": "t"})
+        with pytest.raises(ChannelFull):
+            await layer.send("tight", {"type": "t"})
+    finally:
+        await layer.close_pools()
+
+
+@aio
+async def test_receive_buffers_at_most_one_batch(redis_server):
+    """One receive pops up to receive_batch messages; the rest stay in Redis for other consumers."""
+    layer = _layer(redis_server, capacity=1000, receive_batch=8)
+    try:
+        await asyncio.gather(*(layer.send("work", {"type": "t", "n": n}) for n in range(20)))
+        assert (await layer.receive("work"))["n"] == 0
+        assert redis_server.command(b"ZCARD", b"asgiwork") == b":12"
+        (inbox,) = layer._inboxes.values()
+        assert len(inbox.buffer) == 7
+        assert [(await layer.receive("work"))["n"] for _ in range(19)] == list(range(1, 20))
+    finally:
+        await layer.close_pools()
+
+
+@aio
+async def test_cancelled_receive_loses_nothing(redis_server):
+    """A receive cancelled while waiting leaves the next message for the next receive."""
+    layer = _layer(redis_server)
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive("quiet"), 0.1)
+        await layer.send("quiet", {"type": "t", "n": 1})
+        assert await asyncio.wait_for(layer.receive("quiet"), 5) == {"type": "t", "n": 1}
+    finally:
+        await layer.close_pools()
+
+
+@pytest.mark.parametrize("sender, receiver", [(OURS, STOCK), (STOCK, OURS)], ids=["ours-to-stock", "stock-to-ours"])
+@aio
+async def test_interop_with_stock_channels_redis(redis_server, sender, receiver):
+    """Messages go both ways between our layer and stock channels_redis: normal and process-specific channels."""
+    source, sink = _layer(redis_server, sender), _layer(redis_server, receiver)
+    try:
+        await source.send("udp.receive", {"type": "udp.receive", "data": b"\x00\xff"})
+        assert await asyncio.wait_for(sink.receive("udp.receive"), 5) == {"type": "udp.receive", "data": b"\x00\xff"}
+        name = await sink.new_channel("udp.send")
+        await source.send(name, {"type": "udp.send", "data": b"r"})
+        assert await asyncio.wait_for(sink.receive(name), 5) == {"type": "udp.send", "data": b"r"}
+    finally:
+        await source.close_pools()
+        await sink.close_pools()
+
+
+@aio
+async def test_interop_with_encryption(redis_server):
+    """With the same symmetric_encryption_keys, stock channels_redis reads what we send."""
+    pytest.importorskip("cryptography")
+    keys = {"symmetric_encryption_keys": ["a secret"]}
+    ours, stock = _layer(redis_server, OURS, **keys), _layer(redis_server, STOCK, **keys)
+    try:
+        await ours.send("secret", {"type": "t", "x": 1})
+        assert await asyncio.wait_for(stock.receive("secret"), 5) == {"type": "t", "x": 1}
+    finally:
+        await ours.close_pools()
+        await stock.close_pools()
+
+
+@aio
+async def test_groups(redis_server):
+    """group_add, group_send and group_discard work as channels_redis' do, across both layers."""
+    ours, stock = _layer(redis_server), _layer(redis_server, STOCK)
+    try:
+        mine, theirs = await ours.new_channel(), await stock.new_channel()
+        await ours.group_add("room", mine)
+        await stock.group_add("room", theirs)
+        await ours.group_send("room", {"type": "hello"})
+        assert await asyncio.wait_for(ours.receive(mine), 5) == {"type": "hello"}
+        assert await asyncio.wait_for(stock.receive(theirs), 5) == {"type": "hello"}
+        await ours.group_discard("room", theirs)
+        await stock.group_send("room", {"type": "again"})
+        assert await asyncio.wait_for(ours.receive(mine), 5) == {"type": "again"}
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(stock.receive(theirs), 0.2)
+    finally:
+        await ours.close_pools()
+        await stock.close_pools()
+
+
+@aio
+async def test_flush_and_close(redis_server):
+    """flush() deletes every key of the prefix and the local buffer; close_pools() sends what was queued."""
+    layer = _layer(redis_server, receive_batch=4)
+    try:
+        await asyncio.gather(*(layer.send("f", {"type": "t"}) for _ in range(6)))
+        await layer.receive("f")
+        await layer.flush()
+        assert redis_server.command(b"EXISTS", b"asgif") == b":0"
+        assert all(not inbox.buffer for inbox in layer._inboxes.values())
+        pending = asyncio.ensure_future(layer.send("g", {"type": "t"}))
+        await asyncio.sleep(0)
+        await layer.close_pools()
+        await pending
+        assert redis_server.command(b"ZCARD", b"asgig") == b":1"
+    finally:
+        await layer.close_pools()
