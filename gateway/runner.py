@@ -94,7 +94,8 @@ class AppRunner:
             if not self.reserve_mode:
                 await self._slots.acquire()
             try:
-                message = await self._receive(channel)
+                # At most as many as it has room for: the rest stay in the layer for other workers.
+                message = await self._receive(channel, batch=self.max_concurrency - len(self._instances))
             except asyncio.CancelledError:
                 self._release_slot()
                 raise

@@ -129,3 +129,13 @@ def redis_trio():
     finally:
         for server in servers:
             server.close()
+
+
+@pytest.fixture(params=["stock", "batching"])
+def core_backend(request, monkeypatch):
+    """Each sorted-set Redis layer in turn, also set as CHANNEL_LAYER_BACKEND (configs, examples, children)."""
+    from tests.scaleout import CORE_BACKENDS
+
+    backend = CORE_BACKENDS[request.param]
+    monkeypatch.setenv("CHANNEL_LAYER_BACKEND", backend)
+    return backend

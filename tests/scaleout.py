@@ -11,6 +11,11 @@ from tests.processes import GatewayProcess, WorkerProcess
 APPLICATION = "tests.scaleout:application"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 REDIS_BACKEND = "channels_redis.core.RedisChannelLayer"
+BATCHING_BACKEND = "gateway.layers.batching.BatchingRedisChannelLayer"
+# The sorted-set layers every Redis topology and fault runs on (the core_backend fixture picks one).
+CORE_BACKENDS = {"stock": REDIS_BACKEND, "batching": BATCHING_BACKEND}
+# What write_config names by default: the core_backend fixture's choice, else stock channels_redis.
+DEFAULT_BACKEND = "${CHANNEL_LAYER_BACKEND:-" + REDIS_BACKEND + "}"
 PUBSUB_BACKEND = "channels_redis.pubsub.RedisPubSubChannelLayer"
 # Lines that must never appear in a process's output: crashes and leaked connections or tasks.
 # As examples/redis.yaml: room for bursts in the queues that carry datagrams (default capacity 100).
@@ -52,7 +57,7 @@ def tag(reply):
     return data, int(pid), gateway.decode()
 
 
-def write_config(directory, redis_url, *, port=0, backend=REDIS_BACKEND, reuse_port=False, application=None,
+def write_config(directory, redis_url, *, port=0, backend=DEFAULT_BACKEND, reuse_port=False, application=None,
                  layer_config=BURST_CAPACITY, limits=""):
     """A gateway.yaml for a Redis-backed gateway and its workers, as examples/redis.yaml does it."""
     text = f"""\

@@ -13,6 +13,7 @@ from tests.processes import UDPGATEWAY, Process
 from tests.redisserver import free_tcp_port
 from tests.scaleout import (
     APPLICATION,
+    BATCHING_BACKEND,
     PUBSUB_BACKEND,
     REDIS_BACKEND,
     assert_clean_log,
@@ -65,7 +66,7 @@ def port_is_free(port):
     return True
 
 
-@pytest.mark.parametrize("backend", [REDIS_BACKEND, PUBSUB_BACKEND])
+@pytest.mark.parametrize("backend", [REDIS_BACKEND, BATCHING_BACKEND, PUBSUB_BACKEND])
 def test_redis_unreachable_at_startup_exits_1_before_binding(tmp_path, processes, backend):
     """With nothing on the Redis port, gateway and worker exit 1 with one line naming host:port, unbound."""
     redis_port, udp_port = free_tcp_port(), free_udp_port()
@@ -110,7 +111,7 @@ def test_unknown_backend_module_is_a_config_error(tmp_path, processes):
     assert len(errors) == 1 and "channel_layer.backend" in errors[0] and "nosuchpackage" in errors[0], errors
 
 
-def test_redis_killed_and_restarted(tmp_path, processes, redis_server):
+def test_redis_killed_and_restarted(tmp_path, processes, redis_server, core_backend):
     """Redis dies mid-stream: the gateway keeps running, drops and counts quietly, bounded, and recovers by itself."""
     path = write_config(tmp_path, redis_server.url)
     gateway, address = start_gateway(processes, path)
@@ -144,7 +145,7 @@ def test_redis_killed_and_restarted(tmp_path, processes, redis_server):
     for process in (gateway, *workers):
         assert process.stop() == 0, process.log_text()
     stats = counters(gateway)
-    print(f"\nafter the Redis restart: {len(answered_after)} of {len(sent)} answered, the first after "
+    print(f"\n{core_backend}: after the Redis restart: {len(answered_after)} of {len(sent)} answered, the first after "
           f"{recovery:.2f} s; after a quick second restart {len(answered_again)} of {len(again)}; gateway RSS "
           f"{rss_before} KiB before, {rss_down} KiB after {len(down)} datagrams into a dead Redis; gateway {stats}")
     assert len(answered_after) >= 0.95 * len(sent), f"{len(answered_after)} of {len(sent)} after the restart"
@@ -156,7 +157,7 @@ def test_redis_killed_and_restarted(tmp_path, processes, redis_server):
     assert rss_down - rss_before < 20 * 1024, (rss_before, rss_down)
 
 
-def test_worker_killed_mid_stream(tmp_path, processes, redis_server):
+def test_worker_killed_mid_stream(tmp_path, processes, redis_server, core_backend):
     """A worker killed with SIGKILL mid-stream: the remaining worker keeps answering."""
     path = write_config(tmp_path, redis_server.url)
     gateway, address = start_gateway(processes, path)
@@ -182,7 +183,7 @@ def test_worker_killed_mid_stream(tmp_path, processes, redis_server):
     assert_clean_log(gateway, survivor)
 
 
-def test_channel_full_drops_and_counts(tmp_path, processes, redis_server):
+def test_channel_full_drops_and_counts(tmp_path, processes, redis_server, core_backend):
     """Past udp.receive's capacity the gateway drops and counts (dropped_channel_full), logging once."""
     path = write_config(tmp_path, redis_server.url, layer_config="    capacity: 10\n")
     gateway, address = start_gateway(processes, path)
@@ -208,7 +209,7 @@ def _wait_for(condition, timeout=5.0):
         time.sleep(0.05)
 
 
-def test_burst_of_1000_from_100_sockets(tmp_path, processes, redis_server):
+def test_burst_of_1000_from_100_sockets(tmp_path, processes, redis_server, core_backend):
     """1,000 datagrams at once from 100 sockets through a gateway and two workers: >= 95% answered, no errors."""
     path = write_config(tmp_path, redis_server.url)
     gateway, address = start_gateway(processes, path)
@@ -225,7 +226,7 @@ def test_burst_of_1000_from_100_sockets(tmp_path, processes, redis_server):
     for process in (gateway, *workers):
         assert process.stop() == 0, process.log_text()
     assert_clean_log(gateway, *workers)
-    print(f"\nburst: {len(answered)} of {len(sent)} answered in {elapsed:.2f} s "
+    print(f"\n{core_backend}: burst: {len(answered)} of {len(sent)} answered in {elapsed:.2f} s "
           f"({len(replies)} replies; per worker {dict(by_worker)}); gateway {counters(gateway)}")
     # The gateway asks for a 4 MiB socket receive buffer; Linux caps it at net.core.rmem_max.
     rmem_max = Path("/proc/sys/net/core/rmem_max").read_text().strip()

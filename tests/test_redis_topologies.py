@@ -15,6 +15,7 @@ from tests.processes import UDPGATEWAY, Process, child_env
 from tests.scaleout import (
     CHILD_ENV,
     EXAMPLES,
+    BATCHING_BACKEND,
     PUBSUB_BACKEND,
     REDIS_BACKEND,
     assert_clean_log,
@@ -50,7 +51,7 @@ def stop_all(*started):
     assert_clean_log(*started)
 
 
-def test_shipped_example_gateway_and_two_workers_share_the_work(tmp_path, processes, redis):
+def test_shipped_example_gateway_and_two_workers_share_the_work(tmp_path, processes, redis, core_backend):
     """examples/redis.yaml: a gateway without application and two workers answer every datagram, both working."""
     path = example_config(tmp_path)
     env = {"REDIS_URL": redis.url, "UDPGATEWAY_PORT": "0"}
@@ -69,7 +70,7 @@ def test_shipped_example_gateway_and_two_workers_share_the_work(tmp_path, proces
     stop_all(gateway, *workers)
 
 
-def test_two_gateways_each_reply_leaves_through_its_receiver(tmp_path, processes, redis):
+def test_two_gateways_each_reply_leaves_through_its_receiver(tmp_path, processes, redis, core_backend):
     """Two gateways on different ports share one Redis and two workers; each reply leaves the gateway asked."""
     gateways = [start_gateway(processes, write_config(tmp_path, redis.url)) for _ in range(2)]
     workers = [processes.start(worker_process(gateways[0][0].argv[-1])) for _ in range(2)]
@@ -91,7 +92,7 @@ def test_two_gateways_each_reply_leaves_through_its_receiver(tmp_path, processes
     stop_all(*(g for g, _, _ in gateways), *workers)
 
 
-def test_reuse_port_two_gateways_share_one_port(tmp_path, processes, redis):
+def test_reuse_port_two_gateways_share_one_port(tmp_path, processes, redis, core_backend):
     """With reuse_port two gateways share a port; each answers the clients the kernel gave it, from that port."""
     first, address, first_id = start_gateway(processes, write_config(tmp_path, redis.url, reuse_port=True))
     second, second_address, second_id = start_gateway(
@@ -119,7 +120,7 @@ def test_reuse_port_two_gateways_share_one_port(tmp_path, processes, redis):
         assert counters(gateway)["replied"] == mine == counters(gateway)["received"], gateway.log_text()
 
 
-def test_django_runworker_answers_through_the_gateway(tmp_path, processes, redis):
+def test_django_runworker_answers_through_the_gateway(tmp_path, processes, redis, core_backend):
     """examples/django_worker: `manage.py runworker udp.receive` with an unmodified AsyncConsumer answers."""
     pytest.importorskip("django")
     pytest.importorskip("channels")
@@ -163,7 +164,7 @@ listeners:
     stop_all(worker)
 
 
-def test_worker_at_max_concurrency_stops_receiving(tmp_path, processes, redis):
+def test_worker_at_max_concurrency_stops_receiving(tmp_path, processes, redis, core_backend):
     """A worker busy with max_concurrency calls receives no more: the other worker answers the rest at once."""
     path = write_config(tmp_path, redis.url, limits="  max_concurrency: 2\n")
     gateway, address, _ = start_gateway(processes, path)
@@ -181,7 +182,7 @@ def test_worker_at_max_concurrency_stops_receiving(tmp_path, processes, redis):
     stop_all(gateway, slow, fast)
 
 
-def test_worker_runs_several_messages_at_once(tmp_path, processes, redis):
+def test_worker_runs_several_messages_at_once(tmp_path, processes, redis, core_backend):
     """One worker runs up to max_concurrency slow calls concurrently, not one after another."""
     path = write_config(tmp_path, redis.url, limits="  max_concurrency: 50\n")
     gateway, address, _ = start_gateway(processes, path)
@@ -196,7 +197,7 @@ def test_worker_runs_several_messages_at_once(tmp_path, processes, redis):
     stop_all(gateway, worker)
 
 
-def test_idle_gateway_and_worker_still_answer(tmp_path, processes, redis):
+def test_idle_gateway_and_worker_still_answer(tmp_path, processes, redis, core_backend):
     """After more than 6 idle seconds (redis-py 8's 5 s socket timeout) a datagram is answered at once, no errors."""
     path = write_config(tmp_path, redis.url)
     gateway, address, _ = start_gateway(processes, path)
@@ -237,7 +238,7 @@ def test_pubsub_layer_replies_and_warns(tmp_path, processes, redis):
     stop_all(gateway, *workers)
 
 
-@pytest.mark.parametrize("backend", [REDIS_BACKEND, PUBSUB_BACKEND])
+@pytest.mark.parametrize("backend", [REDIS_BACKEND, BATCHING_BACKEND, PUBSUB_BACKEND])
 @aio
 async def test_stop_closes_every_redis_connection(gateway, client, redis, backend):
     """A gateway with an application over Redis closes every connection it opened when it stops."""

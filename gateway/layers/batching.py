@@ -145,15 +145,18 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         if not added:
             raise ChannelFull(channel)
 
-    async def receive_single(self, channel):
-        """(channel, message): the next message of a channel or of any channel of an `x!` prefix, from any host."""
+    async def receive_single(self, channel, *, batch=None):
+        """(channel, message): the next message of a channel or of any channel of an `x!` prefix, from any host.
+
+        `batch` (at most receive_batch) bounds what one round trip pops, for a caller with less room.
+        """
         assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
         key = self.prefix + channel
         loop = asyncio.get_running_loop()
         inbox = self._inboxes.get((loop, key))
         if inbox is None:
             inbox = self._inboxes[loop, key] = Inbox(self, key, batch=self.receive_batch, block=self.brpop_timeout)
-        message = self.deserialize(await inbox.get())
+        message = self.deserialize(await inbox.get(batch))
         if "__asgi_channel__" in message:
             channel = message.pop("__asgi_channel__")
         return channel, message

@@ -83,11 +83,18 @@ class LayerClient:
         """Whether one receive_single("name!") serves every "name!..." channel."""
         return has_prefix_receive(self.inner)
 
-    async def receive(self, channel, timeout=None):
-        """The next message of `channel`; None once `timeout` seconds passed (at most once on Redis)."""
+    async def receive(self, channel, timeout=None, *, batch=None):
+        """The next message of `channel`; None once `timeout` seconds passed (at most once on Redis).
+
+        `batch`: how many messages this process has room for, so a layer that
+        pops several at once takes no more than that from other consumers.
+        """
         if "!" in channel or not (self._pops_itself or self._stock_redis):
             return await _waited(self.inner.receive(channel), timeout)
-        received = await self.receive_prefixed(channel, timeout)
+        if self._pops_itself:
+            received = await _waited(self.inner.receive_single(channel, batch=batch), timeout)
+        else:
+            received = await self.receive_prefixed(channel, timeout)
         return None if received is None else received[1]
 
     async def receive_prefixed(self, prefix, timeout=None):

@@ -36,12 +36,13 @@ class Inbox:
         self._waiters = deque()
         self._script = None
 
-    async def get(self):
-        """The next serialized message; waits for pop rounds while the buffer is empty."""
+    async def get(self, batch=None):
+        """The next serialized message; waits for pop rounds (of up to `batch`) while the buffer is empty."""
+        count = self.batch if batch is None else max(1, min(batch, self.batch))
         while not self.buffer:
             for index in range(self.layer.ring_size):
                 if index not in self._rounds:
-                    self._rounds[index] = asyncio.ensure_future(self._round(index))
+                    self._rounds[index] = asyncio.ensure_future(self._round(index, count))
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
@@ -59,9 +60,9 @@ class Inbox:
         if rounds:
             await asyncio.wait(rounds)
 
-    async def _round(self, index):
+    async def _round(self, index, count):
         try:
-            popped = await self._pop(self.layer.connection(index))
+            popped = await self._pop(self.layer.connection(index), count)
         except Exception as exc:
             self._wake(lambda waiter: waiter.set_exception(exc))
         else:
@@ -73,11 +74,11 @@ class Inbox:
         finally:
             self._rounds.pop(index, None)
 
-    async def _pop(self, connection):
-        if self.batch > 1:
+    async def _pop(self, connection, count):
+        if count > 1:
             if self._script is None:
                 self._script = connection.register_script(_POP_SCRIPT)
-            members = await self._script(keys=[self.key], args=[self.batch], client=connection)
+            members = await self._script(keys=[self.key], args=[count], client=connection)
             if members:
                 return members
         # The server-side timeout ends a wait without cancelling a command in flight.
