@@ -23,3 +23,16 @@ def test_echo_benchmark_smoke(extra):
     assert "ratios gateway/raw" in done.stdout
     if extra:
         assert "ratios redis/raw" in done.stdout
+
+
+def test_redis_benchmark_smoke():
+    """benchmarks/redis_bench.py --smoke measures a bare layer round trip, a gateway + 2 workers and runworker."""
+    if shutil.which("redis-server") is None:
+        skip_or_fail("redis-server is not installed (apt-get install redis-server)")
+    pytest.importorskip("django")
+    done = subprocess.run([sys.executable, str(BENCH.parent / "redis_bench.py"), "--smoke"], capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for row in ("bare stock", "gateway+2 ours", "runworker ours"):
+        assert row in done.stdout, done.stdout
+    assert done.stdout.splitlines()[-1].startswith("headline: ")
