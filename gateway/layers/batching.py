@@ -23,13 +23,27 @@ from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 
 from gateway.layers.inbox import Inbox
+from gateway.layers.wire import Script, wire_for
 
 RECEIVE_BATCH = 64  # messages one receive round trip may pop per host
+
+RECENT_NAMES = 4096  # channel names whose validity and capacity are remembered (then forgotten at once)
+
+# ZPOPMIN up to ARGV[1] members of KEYS[1], answered as ONE string of
+# (4-byte big-endian length, member) pairs: one reply to parse, not one per member.
+_POP_SCRIPT = Script("""
+local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+local parts = {}
+for i = 1, #popped, 2 do
+    parts[#parts + 1] = struct.pack('>I4', #popped[i]) .. popped[i]
+end
+return table.concat(parts)
+""")
 
 # KEYS: one per message. ARGV: expired-before score, expiry seconds, then
 # (message, capacity, score) per message. Returns one string, "1" (added) or
 # "0" (full) per message: one reply to parse instead of one per message.
-_SEND_SCRIPT = """
+_SEND_SCRIPT = Script("""
 local cutoff, expiry = ARGV[1], ARGV[2]
 local counts, added = {}, {}
 for i = 1, #KEYS do
@@ -51,7 +65,7 @@ for key in pairs(counts) do
     redis.call('EXPIRE', key, expiry)
 end
 return table.concat(added)
-"""
+""")
 
 
 class _SendBatch:
@@ -124,13 +138,14 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         self.receive_batch = receive_batch
         self._batches = {}   # event loop -> _SendBatch
         self._inboxes = {}   # (event loop, Redis key) -> Inbox
-        self._scripts = {}   # event loop -> registered send script
+        self._wires = {}     # (event loop, owner, host index) -> Wire: one caller at a time each
         self._last_score = 0.0
+        self._known = {}     # recently sent-to channel name -> its capacity (the name is valid)
 
     async def send(self, channel, message):
         """Queue a message for this turn's batch; ChannelFull if its channel was at capacity."""
         assert isinstance(message, dict), "message is not a dict"
-        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        capacity = self._capacity(channel)
         assert "__asgi_channel__" not in message
         if "!" in channel:
             message = dict(message.items())
@@ -141,7 +156,7 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
             non_local = channel
             index = next(self._send_index_generator)
         batch = self._batch()
-        added = await batch.add(index, self.prefix + non_local, self.serialize(message), self.get_capacity(channel))
+        added = await batch.add(index, self.prefix + non_local, self.serialize(message), capacity)
         if not added:
             raise ChannelFull(channel)
 
@@ -150,12 +165,12 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
 
         `batch` (at most receive_batch) bounds what one round trip pops, for a caller with less room.
         """
-        assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
         key = self.prefix + channel
         loop = asyncio.get_running_loop()
         inbox = self._inboxes.get((loop, key))
         if inbox is None:
-            inbox = self._inboxes[loop, key] = Inbox(self, key, batch=self.receive_batch, block=self.brpop_timeout)
+            assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
+            inbox = self._inboxes[loop, key] = Inbox(self._popper(key), self.ring_size, batch=self.receive_batch)
         message = self.deserialize(await inbox.get(batch))
         if "__asgi_channel__" in message:
             channel = message.pop("__asgi_channel__")
@@ -171,7 +186,8 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
                 await asyncio.wait(list(batch.flushes))
         for key in [k for k in self._inboxes if k[0] is loop]:
             await self._inboxes.pop(key).close()
-        self._scripts.pop(loop, None)
+        for key in [k for k in self._wires if k[0] is loop]:
+            await self._wires.pop(key).close()
         await super().close_pools()
 
     async def flush(self):
@@ -189,19 +205,57 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
             batch = self._batches[loop] = _SendBatch(self, loop)
         return batch
 
+    def _capacity(self, channel):
+        """The capacity of a valid channel name (TypeError for an invalid one), remembered for the next sends."""
+        capacity = self._known.get(channel)
+        if capacity is None:
+            assert self.require_valid_channel_name(channel), "Channel name not valid"
+            if len(self._known) >= RECENT_NAMES:
+                self._known.clear()
+            capacity = self._known[channel] = self.get_capacity(channel)
+        return capacity
+
+    def _wire(self, owner, index):
+        """The connection `owner` (the sends, or one receive key) uses for host `index`."""
+        key = (asyncio.get_running_loop(), owner, index)
+        wire = self._wires.get(key)
+        if wire is None:
+            wire = self._wires[key] = wire_for(self.connection(index))
+        return wire
+
     async def _run_send_script(self, index, sends):
-        connection = self.connection(index)
-        loop = asyncio.get_running_loop()
-        script = self._scripts.get(loop)
-        if script is None:
-            script = self._scripts[loop] = connection.register_script(_SEND_SCRIPT)
         keys, args = [], [int(time.time()) - int(self.expiry), int(self.expiry)]
         for key, payload, capacity, _future in sends:
             keys.append(key)
             args += [payload, capacity, repr(self._score())]
-        return await script(keys=keys, args=args, client=connection)
+        return await self._wire(None, index).call(_SEND_SCRIPT, keys, args)
+
+    def _popper(self, key):
+        """`pop(index, count)` for the Inbox of `key`: a batch pop, or one blocking pop when it is empty."""
+
+        async def pop(index, count):
+            wire = self._wire(key, index)
+            if count > 1:
+                packed = await wire.call(_POP_SCRIPT, [key], [count])
+                if packed:
+                    return _unpack(packed)
+            # The server-side timeout ends a wait without cancelling a command in flight.
+            result = await wire.command(b"BZPOPMIN", key, self.brpop_timeout, read_timeout=self.brpop_timeout + 5)
+            return [] if result is None else [result[1]]
+
+        return pop
 
     def _score(self):
         """Wall-clock time as channels_redis scores messages, strictly increasing so a batch keeps its order."""
         self._last_score = max(time.time(), self._last_score + 1e-6)
         return self._last_score
+
+
+def _unpack(packed):
+    """The members of the pop script's answer: (4-byte big-endian length, member) pairs."""
+    members, at, end = [], 0, len(packed)
+    while at < end:
+        size = int.from_bytes(packed[at:at + 4], "big")
+        members.append(packed[at + 4:at + 4 + size])
+        at += 4 + size
+    return members

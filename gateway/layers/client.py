@@ -3,11 +3,12 @@
 import asyncio
 import uuid
 import weakref
+from collections import deque
 
 from twisted.logger import Logger
 
 from gateway.layers import redis
-from gateway.layers.inbox import Inbox
+from gateway.layers.inbox import Inbox, blocking_pop
 from gateway.layers.memory import InMemoryChannelLayer
 
 log = Logger()
@@ -48,7 +49,9 @@ class LayerClient:
     def __init__(self, layer, max_sends=None):
         self.inner = layer
         self.max_sends = max_sends
-        self._semaphore = None
+        self._limit = max_sends or 1 << 30
+        self._in_flight = 0     # sends and group_sends now
+        self._room = deque()    # senders waiting for one of those to end
         self._inboxes = {}  # Redis key -> Inbox (channels_redis' own layer only)
         self._pops_itself = bool(getattr(type(layer), "pops_at_most_once", False))
         self._stock_redis = not self._pops_itself and redis.is_core_layer(layer)
@@ -60,17 +63,45 @@ class LayerClient:
 
     # -- what applications see --------------------------------------------
     async def send(self, channel, message):
-        async with self._sends():
+        if self._in_flight >= self._limit:
+            await self._wait_for_room()
+        self._in_flight += 1
+        try:
             await self.inner.send(channel, message)
+        finally:
+            self._done()
 
     async def group_send(self, group, message):
-        async with self._sends():
+        if self._in_flight >= self._limit:
+            await self._wait_for_room()
+        self._in_flight += 1
+        try:
             await self.inner.group_send(group, message)
+        finally:
+            self._done()
 
-    def _sends(self):
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.max_sends or 1 << 30)
-        return self._semaphore
+    async def _wait_for_room(self):
+        """Wait in line until fewer than max_sends are in flight (a plain counter below it: cheaper than a lock)."""
+        while self._in_flight >= self._limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._room.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._done_wake()  # woken, then cancelled: pass the turn on
+                raise
+
+    def _done(self):
+        self._in_flight -= 1
+        self._done_wake()
+
+    def _done_wake(self):
+        while self._room:
+            waiter = self._room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     # -- what the gateway and the worker ask --------------------------------
     @property
@@ -112,7 +143,7 @@ class LayerClient:
         key = self.inner.prefix + channel
         inbox = self._inboxes.get(key)
         if inbox is None:
-            inbox = self._inboxes[key] = Inbox(self.inner, key, batch=1, block=self.inner.brpop_timeout)
+            inbox = self._inboxes[key] = Inbox(blocking_pop(self.inner, key), self.inner.ring_size, batch=1)
         return inbox
 
     async def check_reachable(self):
