@@ -59,12 +59,16 @@ def tag(reply):
 
 def write_config(directory, redis_url, *, port=0, backend=DEFAULT_BACKEND, reuse_port=False, application=None,
                  layer_config=BURST_CAPACITY, limits=""):
-    """A gateway.yaml for a Redis-backed gateway and its workers, as examples/redis.yaml does it."""
+    """A gateway.yaml for a Redis-backed gateway and its workers, as examples/redis.yaml does it.
+
+    `redis_url` is one URL or a list of them (a sharded layer).
+    """
+    hosts = ", ".join(f'"{url}"' for url in ([redis_url] if isinstance(redis_url, str) else redis_url))
     text = f"""\
 channel_layer:
   backend: {backend}
   config:
-    hosts: ["{redis_url}"]
+    hosts: [{hosts}]
 {layer_config}"""
     # Gateways run without an application; workers get theirs from UDPGATEWAY_APPLICATION.
     text += f"application: {application or '${UDPGATEWAY_APPLICATION:-}'}\n"

@@ -144,6 +144,29 @@ def test_django_runworker_answers_through_the_gateway(tmp_path, processes, redis
     assert_clean_log(runworker)
 
 
+@pytest.mark.parametrize("hosts", [2, 3])
+def test_several_redis_hosts_every_reply_arrives(tmp_path, processes, redis_trio, core_backend, hosts):
+    """With 2 and 3 Redis hosts every datagram is answered, by a worker on each layer (stock and ours mixed).
+
+    channels_redis puts `udp.send.<id>!<token>` on the host of the whole name,
+    but its receive_single("udp.send.<id>!") reads only the prefix's host.
+    """
+    for server in redis_trio:
+        server.flushall()
+    path = write_config(tmp_path, [server.url for server in redis_trio[:hosts]])
+    gateway, address, gid = start_gateway(processes, path)
+    workers = [processes.start(worker_process(path, env={"CHANNEL_LAYER_BACKEND": backend}))
+               for backend in (REDIS_BACKEND, BATCHING_BACKEND)]
+    with Clients(20) as clients:
+        clients.until_answered(address)
+        sent = clients.burst(300, address)
+        replies = clients.collect(sent, timeout=10)
+    assert {tag(r)[0] for r in replies} == set(sent)
+    assert {tag(r)[2] for r in replies} == {gid}
+    assert set(Counter(tag(r)[1] for r in replies)) == {w.pid for w in workers}
+    stop_all(gateway, *workers)
+
+
 def test_worker_checks_only_the_schema(tmp_path, processes, redis):
     """A worker starts with listeners on interfaces this host lacks (workers run elsewhere); check refuses them."""
     path = tmp_path / "elsewhere.yaml"
