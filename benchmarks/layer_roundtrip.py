@@ -53,6 +53,7 @@ async def client(backend, url, pings, count, window, budget):
         await asyncio.wait_for(layer.receive(reply), 5)
         times.append((time.perf_counter() - started) * 1e6)
     sent = answered = 0
+    cpu = time.process_time()
     started = time.perf_counter()
     deadline = time.monotonic() + budget
     in_flight = asyncio.Semaphore(window)
@@ -79,10 +80,11 @@ async def client(backend, url, pings, count, window, budget):
     finally:
         task.cancel()
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     times.sort()
     p50 = statistics.median(times) if times else float("nan")
     p99 = times[int(len(times) * 0.99) - 1] if len(times) > 1 else float("nan")
-    print(f"result rate {answered / elapsed:.0f} p50 {p50:.0f} p99 {p99:.0f} answered {answered} sent {sent}",
+    print(f"result rate {answered / elapsed:.0f} p50 {p50:.0f} p99 {p99:.0f} answered {answered} sent {sent} cpu {cpu:.3f}",
           flush=True)
 
 

@@ -9,7 +9,9 @@ channels_redis and on BatchingRedisChannelLayer; a gateway with 1, 2 and 4
 `udpgateway worker` processes on our layer and 2 on stock channels_redis;
 a gateway with Django's `manage.py runworker` on each. Each UDP row sends
 64-byte datagrams with 64 in flight, bounded in count and time. The last
-line holds the headline figures. Every process it started (redis-server
+line holds the headline figures. "CPU us/rt" is the CPU time of every
+process of the row (redis-server and the client included) per answered
+round trip: unlike the rate, it does not depend on what else the machine runs. Every process it started (redis-server
 included) is stopped by PID, even when a start fails.
 """
 
@@ -18,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,6 +51,19 @@ def rows(smoke):
     ]
 
 
+def cpu_seconds(pids):
+    """User + system CPU seconds used so far by the processes `pids` (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def environment(redis_port, backend):
     return dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", UDPGATEWAY_PORT="0",
                 CHANNEL_LAYER_BACKEND=backend, UDPGATEWAY_APPLICATION="echo:application")
@@ -64,7 +80,7 @@ def start_with(env, argv, pattern, cwd):
         os.environ.update(saved)
 
 
-def run_udp_row(kind, backend, workers, redis_port, tmp, processes, args):
+def run_udp_row(kind, backend, workers, redis_port, tmp, processes, args, redis_pid):
     """Start a gateway (on our layer for runworker rows) and its workers; measure over UDP."""
     config = str(REPO / "examples" / "redis.yaml")
     gateway_env = environment(redis_port, OURS if kind == "runworker" else backend)
@@ -84,15 +100,20 @@ def run_udp_row(kind, backend, workers, redis_port, tmp, processes, args):
     if not latency(port, 200, args.size, 20.0)[:1]:
         raise RuntimeError("no answer within 20 s")
     times = latency(port, args.pings, args.size, args.budget)
+    pids = [redis_pid] + [p.pid for p in processes]
+    cpu = cpu_seconds(pids) - time.process_time()
     rate, answered, sent = throughput(port, args.count, args.size, args.window, args.budget)
-    return times, rate, answered, sent
+    cpu = cpu_seconds(pids) - time.process_time() - cpu
+    return times, rate, answered, sent, cpu
 
 
-def run_bare_row(backend, redis_port, tmp, processes, args):
+def run_bare_row(backend, redis_port, tmp, processes, args, redis_pid):
     """A layer client and a layer worker process, no gateway."""
     url = f"redis://127.0.0.1:{redis_port}/0"
     script = str(HERE / "layer_roundtrip.py")
     processes.append(start([sys.executable, script, "worker", backend, url], r"layer worker ready", tmp)[0])
+    pids = [redis_pid, processes[-1].pid]
+    cpu = cpu_seconds(pids)
     done = subprocess.run([sys.executable, script, "client", backend, url, str(args.pings), str(args.count),
                            str(args.window), str(args.budget)], capture_output=True, text=True,
                           timeout=3 * args.budget + 30, cwd=tmp)
@@ -101,26 +122,29 @@ def run_bare_row(backend, redis_port, tmp, processes, args):
         raise RuntimeError(f"layer client failed:\n{done.stdout}{done.stderr}")
     fields = line.split()
     values = dict(zip(fields[1::2], fields[2::2]))
+    values["cpu"] = cpu_seconds(pids) - cpu + float(values["cpu"])  # the worker's pings included: a bound
     return None, float(values["rate"]), int(values["answered"]), int(values["sent"]), values
 
 
-def measure(row, redis, tmp, args):
+def measure(row, redis, redis_pid, tmp, args):
     name, kind, backend, workers = row
     processes = []
     try:
         if kind == "bare":
-            _, rate, answered, sent, values = run_bare_row(backend, redis, tmp, processes, args)
-            p50, p99 = float(values["p50"]), float(values["p99"])
+            _, rate, answered, sent, values = run_bare_row(backend, redis, tmp, processes, args, redis_pid)
+            p50, p99, cpu = float(values["p50"]), float(values["p99"]), values["cpu"]
         else:
-            times, rate, answered, sent = run_udp_row(kind, backend, workers, redis, tmp, processes, args)
+            times, rate, answered, sent, cpu = run_udp_row(kind, backend, workers, redis, tmp, processes, args,
+                                                           redis_pid)
             times.sort()
             p50 = times[len(times) // 2] if times else float("nan")
             p99 = times[int(len(times) * 0.99) - 1] if len(times) > 1 else float("nan")
     finally:
         for proc in reversed(processes):
             stop(proc)
-    result = {"name": name, "p50": p50, "p99": p99, "rate": rate, "answered": answered, "sent": sent}
-    print(f"{name:<16} {p50:>9.0f} {p99:>9.0f} {rate:>12.0f} {answered:>9}/{sent:<9}", flush=True)
+    cpu_us = 1e6 * cpu / answered if answered else float("nan")
+    result = {"name": name, "p50": p50, "p99": p99, "rate": rate, "answered": answered, "sent": sent, "cpu": cpu_us}
+    print(f"{name:<16} {p50:>9.0f} {p99:>9.0f} {rate:>13.0f} {cpu_us:>10.0f} {answered:>9}/{sent:<9}", flush=True)
     return result
 
 
@@ -140,6 +164,11 @@ def headline(results):
         parts.append(f"runworker ours/stock x{by_name['runworker ours'] / by_name['runworker stock']:.1f}")
     if "bare stock" in by_name:
         parts.append(f"bare stock round trip {by_name['bare stock']:,.0f}/s")
+    cores = os.cpu_count() or 1
+    ours2_cpu = next((r["cpu"] for r in results if r["name"] == "gateway+2 ours"), None)
+    if ours2_cpu:
+        parts.append(f"gateway+2 ours costs {ours2_cpu:.0f} us CPU per round trip = {cores * 1e6 / ours2_cpu:,.0f}/s "
+                     f"on {cores} idle cores")
     best = max(r["rate"] for r in results)
     parts.append(f"moonshot {MOONSHOT:,}/s: best {best:,.0f}/s = {100 * best / MOONSHOT:.0f}%")
     return "headline: " + "; ".join(parts)
@@ -158,10 +187,11 @@ def main(argv=None):
         (Path(tmp) / "echo.py").write_text((REPO / "examples" / "echo.py").read_text())
         redis, port = start_redis(tmp)
         try:
-            print(f"{'row':<16} {'p50 us':>9} {'p99 us':>9} {'round trips/s':>12} {'answered/sent':>19}", flush=True)
+            print(f"{'row':<16} {'p50 us':>9} {'p99 us':>9} {'round trips/s':>13} {'CPU us/rt':>10} "
+                  f"{'answered/sent':>19}", flush=True)
             for row in selected:
                 flushall(port)
-                results.append(measure(row, port, tmp, args))
+                results.append(measure(row, port, redis.pid, tmp, args))
         finally:
             stop(redis)
     print(headline(results), flush=True)
