@@ -4,7 +4,7 @@ from twisted.logger import Logger
 
 from gateway import health, layers
 from gateway.lifespan import Lifespan
-from gateway.process import DRAIN_TIMEOUT, AsyncService
+from gateway.process import AsyncService
 from gateway.redislayer import from_channels_redis
 from gateway.runner import AppRunner
 
@@ -47,12 +47,11 @@ class WorkerService(AsyncService):
                  channels=", ".join(self.runner.channels), n=limits.max_concurrency)
 
     async def _stop(self):
-        """Stop receiving, drain in-flight calls, lifespan shutdown, close the layer."""
+        """Stop receiving, drain in-flight calls, lifespan shutdown, close the layer (a second signal: at once)."""
         if self.runner is not None:
-            self.runner.stop_receiving()
-            await self.runner.drain(DRAIN_TIMEOUT)
+            await self.finish_calls(self.runner)
         if self.lifespan is not None:
-            await self.lifespan.shutdown()
+            await self.finish_lifespan(self.lifespan)
         self._reporter.stop()
         if self.layer is not None:
             await health.close_layer(self.layer.inner)
