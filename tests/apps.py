@@ -1,6 +1,9 @@
 """Applications used by the end-to-end tests."""
 
+import asyncio
 import json
+
+from twisted.logger import Logger
 
 from gateway.consumer import UDPConsumer
 
@@ -120,3 +123,17 @@ class Looping:
                 cls.handled.append((id(consumer), message["data"]))
                 await scope["channel_layer"].send(message["reply_channel"], {"type": "udp.send", "data": message["data"]})
         return app
+
+
+class Sleepy(UDPConsumer):
+    """Each call, and lifespan shutdown, sleep an hour: only a second stop signal ends a stop quickly."""
+
+    async def udp_receive(self, message):
+        Logger().info("sleepy: call started")
+        await asyncio.sleep(3600)
+
+    async def shutdown(self):
+        await asyncio.sleep(3600)
+
+
+sleepy = Sleepy.as_asgi()

@@ -152,3 +152,64 @@ def test_worker_refuses_memory_backend(tmp_path):
     done = run_cli("worker", "-c", write(tmp_path, echo_config(), echoapp=ECHO_APP))
     assert done.returncode == 2
     assert "channel_layer.backend" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def redis_down_config(port=0):
+    from tests.redisserver import free_tcp_port
+
+    return ("channel_layer:\n  backend: channels_redis.core.RedisChannelLayer\n"
+            f"  config: {{hosts: ['redis://127.0.0.1:{free_tcp_port()}/0']}}\n"
+            f"listeners:\n  - {{name: echo, type: plain, bind: 127.0.0.1, port: {port}}}\n")
+
+
+FAILED_STARTS = {
+    "port in use": (lambda port: echo_config(port), "cannot bind 127.0.0.1:"),
+    "redis down": (lambda port: redis_down_config(), "127.0.0.1:"),
+    "lifespan": (lambda port: echo_config(app="broken:application"), "database is not there"),
+}
+
+
+def failed_start(tmp_path, config, run_dir):
+    gateway = GatewayProcess(config, cwd=run_dir).start(ready=False)
+    assert gateway.wait_exit(60) == 1, gateway.log_text()
+    return gateway
+
+
+@pytest.mark.parametrize("failure", sorted(FAILED_STARTS))
+def test_failed_start_removes_its_pid_file(tmp_path, failure):
+    """A failed start exits 1 with one line and removes the twistd.pid it wrote, so the next start is not refused."""
+    make_config, expected = FAILED_STARTS[failure]
+    holder = free_port_holder()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    try:
+        config = write(tmp_path, make_config(holder.getsockname()[1]), echoapp=ECHO_APP, broken=FAILING_STARTUP)
+        for attempt in (1, 2):
+            gateway = failed_start(tmp_path, config, run_dir)
+            lines = [line for line in gateway.errors if line.strip()]
+            assert len(lines) == 1 and expected in lines[0], lines
+            assert "Another twistd server is running" not in "\n".join(gateway.errors + gateway.lines)
+            assert "Traceback" not in "\n".join(gateway.errors + gateway.lines), gateway.log_text()
+            assert not gateway.pidfile.exists(), f"attempt {attempt} left {gateway.pidfile}"
+    finally:
+        holder.close()
+
+
+def test_clean_stop_removes_the_pid_file(tmp_path, processes):
+    """twistd's default ./twistd.pid holds the gateway's pid while it runs and is gone after SIGTERM (exit 0)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    gateway = processes.start(GatewayProcess(write(tmp_path, echo_config(), echoapp=ECHO_APP), cwd=run_dir))
+    assert gateway.pidfile.read_text() == str(gateway.pid)
+    assert gateway.stop() == 0
+    assert not gateway.pidfile.exists()
+
+
+def test_failed_start_keeps_a_pid_file_of_another_process(tmp_path):
+    """A failed start never removes a pid file that does not name it (checkPID leaves a live one alone)."""
+    from gateway.tap import remove_own_pidfile
+
+    other = tmp_path / "other.pid"
+    other.write_text("1")
+    remove_own_pidfile(str(other))
+    assert other.read_text() == "1"
