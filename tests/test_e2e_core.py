@@ -227,3 +227,27 @@ async def test_looping_consumer_gets_one_message_per_instance(gateway, client):
     assert len({consumer for consumer, _ in apps.Looping.handled}) == 3
     assert service.runner.active == 0
     assert service.counters.get("app_errors") == 0
+
+
+@aio
+async def test_datagrams_between_bind_and_start_are_dropped_not_ready(write_config, client):
+    """Ports are bound in privilegedStartService; what arrives before the start completes is counted dropped_not_ready."""
+    from tests.support import build_service, wait
+
+    service = build_service(write_config(config(plain())), app=apps.Echo.as_asgi())
+    service.privilegedStartService()
+    try:
+        c = await client()
+        address = listener_address(service, "echo")
+        c.send(b"early", address)
+        for _ in range(200):  # bounded: the datagram is read within a few reactor turns
+            if service.counters.get("dropped_not_ready"):
+                break
+            await asyncio.sleep(0.01)
+        assert service.counters.get("dropped_not_ready") == 1
+        service.startService()
+        await wait(service.started, 10)
+        assert await exchange(c, address, b"later") == (b"later", address)
+        assert service.counters.get("received") == 2
+    finally:
+        await stop(service)
