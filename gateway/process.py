@@ -54,7 +54,7 @@ class AsyncService(service.Service):
 
     def __init__(self, *, reactor, on_fatal=None, signals=False):
         self.counters = Counters()
-        self.quiet = QuietLog(clock=reactor)
+        self.quiet = QuietLog()  # monotonic clock
         self.started = None
         self._reactor = reactor
         self._on_fatal = on_fatal

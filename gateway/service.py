@@ -37,7 +37,7 @@ class GatewayService(AsyncService):
         await health.check_reachable(self.layer.inner)
         prefix = reply_prefix(layers.gateway_id(self.layer.inner))
         self.tokens = TokenTable(max_entries=limits.max_reply_channels, ttl=limits.reply_ttl,
-                                 clock=self._reactor, on_forget=self._forget_token)
+                                 on_forget=self._forget_token)  # monotonic: a clock step expires nothing
         self._make_runner()
         self.delivery = Delivery(
             self.layer, self.tokens, prefix, {l.name: l.channel for l in self.config.listeners},
