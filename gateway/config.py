@@ -161,7 +161,7 @@ TOP = {
 def _listener_table(raw):
     """(table, foreign-key messages) for a listener; every kind's keys when its type is unknown."""
     kind = raw.get("type") if isinstance(raw, dict) else None
-    if kind not in TABLES:
+    if not isinstance(kind, str) or kind not in TABLES:
         merged = {k: replace(s, required=False) for t in TABLES.values() for k, s in t.items()}
         return {**merged, **COMMON}, {}
     foreign = {}
@@ -179,7 +179,10 @@ def load_config(path, *, host_checks=True, imports=True):
     """
     from gateway._checker import Checker
 
-    return Checker(path, host_checks=host_checks, imports=imports).run()
+    try:
+        return Checker(path, host_checks=host_checks, imports=imports).run()
+    except Exception as exc:  # a case the checks missed still gets one line, not a traceback
+        return None, [Problem(path, "", f"cannot check this file ({type(exc).__name__}: {str(exc)[:200]})")]
 
 
 def errors(problems):

@@ -724,6 +724,55 @@ def test_imports_off_skips_imports(load):
     assert config.application == "nosuch_app_mod:application"
 
 
+HOSTILE = [
+    ("nul-byte", doc(P.replace("echo", "e\0")), "gateway.yaml:3:13: character U+0000 is not allowed in YAML"),
+    ("escape-char", doc(P) + "\x1b[31m\n", "gateway.yaml:4:1: character U+001B is not allowed in YAML"),
+    ("c1-control", APP + "x: \x85\x86\n", "gateway.yaml:2:5: character U+0086 is not allowed in YAML"),
+    ("deep-flow", "listeners: " + "[" * 600 + "]" * 600 + "\n", "gateway.yaml:1:75: nested deeper than 64 levels"),
+    ("deep-block", "".join("  " * i + "a:\n" for i in range(100)), "gateway.yaml:64:127: nested deeper than 64 levels"),
+    ("list-key", APP + "? [1, 2]\n: 3\n", "gateway.yaml:2:3: found unhashable key"),
+    ("dict-key", doc("? {a: 1} : 2"), "gateway.yaml:3:8: found unhashable key"),
+    ("int-key", doc(P + ", 7: 2"), "gateway.yaml: listeners[0].7: unknown key"),
+    ("control-in-key", APP + '"a\\nb\\0": 1\n' + doc(P, top=""), r"gateway.yaml: a\nb\x00: unknown key"),
+    ("control-in-value", doc(P.replace("echo", '"e\\0"')), "listeners[0].name: contains the control character U+0000"),
+    ("cyclic-alias", APP + "listeners: &a [*a]\n", "gateway.yaml: listeners[0]: expected a mapping, got a list"),
+    ("merge-cycle", APP + "x: &a {<<: *a}\n" + doc(P, top=""), "gateway.yaml: x: unknown key"),
+    ("list-as-type", doc("name: e, type: [plain], port: 0"), "listeners[0].type: expected a string, got a list"),
+    ("decimal-past-4300-digits", doc(P.replace("9999", "9" * 5000)), "gateway.yaml:3:54: not a valid int: Exceeds"),
+    ("hex-20000-bits", doc(P.replace("9999", "0x" + "f" * 5000)), "listeners[0].port: a 20000-bit number is outside"),
+    ("sexagesimal", doc(P.replace("9999", ":".join(["59"] * 3000))), "listeners[0].port: a 17721-bit number is outside"),
+    ("float-overflow", APP + "limits: {reply_ttl: 0x" + "f" * 300 + "}\n" + doc(P, top=""),
+     "limits.reply_ttl: a 1200-bit number is not a positive number"),
+    ("inf-port", doc(P.replace("9999", ".inf")), "gateway.yaml: listeners[0].port: expected an integer, got inf"),
+    ("inf-ttl", APP + "limits: {reply_ttl: .inf}\n" + doc(P, top=""), "limits.reply_ttl: inf is not a positive number"),
+    ("nan-poll", APP + "limits: {interface_poll: .nan}\n" + doc(P, top=""),
+     "limits.interface_poll: nan is not a positive number"),
+    ("bad-timestamp", APP + "x: 2001-13-45\n" + doc(P, top=""), "gateway.yaml:2:4: not a valid timestamp: month"),
+    ("python-tag", APP + "x: !!python/object/apply:os.system [ls]\n", "gateway.yaml:2:4: could not determine a constructor"),
+    ("long-value", doc(P.replace("127.0.0.1", "x" * 100000)), "listeners[0].bind: 'xxxx"),
+    ("two-documents", doc(P) + "---\nx: 1\n", "gateway.yaml:4:1: but found another document"),
+]
+
+
+@pytest.mark.parametrize("text, expected", [pytest.param(text, line, id=name) for name, text, line in HOSTILE])
+def test_hostile_files_give_lines_not_exceptions(load, text, expected):
+    """Control bytes, deep nesting and weird but valid YAML are problems with a location, never exceptions."""
+    config, problems = load(text)
+    assert config is None
+    assert any(line.startswith("gateway.yaml") and expected in line for line in lines(problems)), lines(problems)
+    assert all(len(line) < 400 for line in lines(problems)), lines(problems)
+
+
+def test_file_over_1_mib_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A file over 1 MiB is refused by its size; one that grows past it while read is cut at 1 MiB + 1 byte."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gateway.yaml").write_bytes(b"listeners: []\n" + b"#" * (1024 * 1024))
+    config, problems = load_config("gateway.yaml")
+    assert config is None
+    assert lines(problems) == ["gateway.yaml: cannot read: larger than 1 MiB (1048590 bytes): not a config file"]
+    assert lines(load_config("/dev/zero")[1]) == ["/dev/zero: cannot read: larger than 1 MiB: not a config file"]
+
+
 def test_missing_file(tmp_path, monkeypatch):
     """A missing file is one problem, not an exception."""
     monkeypatch.chdir(tmp_path)

@@ -152,3 +152,26 @@ def test_worker_refuses_memory_backend(tmp_path):
     done = run_cli("worker", "-c", write(tmp_path, echo_config(), echoapp=ECHO_APP))
     assert done.returncode == 2
     assert "channel_layer.backend" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+HOSTILE = {
+    "nul-byte": ("listeners:\n  - {name: e\0, type: plain, bind: 127.0.0.1, port: 0}\n", "gateway.yaml:2:13: character U+0000"),
+    "control-byte": ("application: x:y\x1b\nlisteners: []\n", "gateway.yaml:1:17: character U+001B"),
+    "deep-nesting": ("listeners: " + "[" * 3000 + "]" * 3000 + "\n", "gateway.yaml:1:75: nested deeper than 64 levels"),
+    "over-1-MiB": ("listeners: []\n" + "#" * (50 * 1024 * 1024) + "\n", "gateway.yaml: cannot read: larger than 1 MiB"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_config_file_is_one_line_and_exit_2(tmp_path, name):
+    """A NUL or control byte, nesting past the loader or a file over 1 MiB gets exit 2 and one line naming
+    the file (and line:column), from `check` and from twistd, and never a traceback."""
+    text, expected = HOSTILE[name]
+    path = write(tmp_path, text)
+    done = run_cli("check", "-c", path)
+    gateway = GatewayProcess(path).start(ready=False)
+    assert gateway.wait_exit() == 2
+    for status, errors in ((done.returncode, done.stderr.splitlines()), (2, gateway.errors)):
+        assert status == 2
+        assert len(errors) == 1 and expected in errors[0] and errors[0].startswith(path), errors
+        assert "Traceback" not in "\n".join(errors + gateway.lines)
