@@ -235,7 +235,8 @@ class Checker:
 
     def _build(self):
         layer = self.top["channel_layer"]
-        limits = {key: float(v) if LIMITS[key].type is float else v for key, v in self.top["limits"].items()}
+        limits = {key: float(v) if LIMITS[key].type is float and v is not None else v
+                  for key, v in self.top["limits"].items()}
         path = os.path.abspath(self.path)
         return GatewayConfig(
             path=path,

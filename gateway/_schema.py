@@ -22,7 +22,8 @@ TYPE_NAMES = {
 class Key:
     """One key of a table: its type, whether required, its default and a check (value -> message or None).
 
-    `item` validates each element of a list; `table` the keys of a nested mapping.
+    `item` validates each element of a list; `table` the keys of a nested mapping. With `nullable`, an
+    explicit null is a value of its own (None, "no limit"), not "use the default".
     """
 
     type: type
@@ -31,6 +32,7 @@ class Key:
     check: Callable[[Any], "str | None"] | None = None
     item: "Key | None" = None
     table: Mapping[str, "Key"] | None = None
+    nullable: bool = False
 
 
 def render(path):
@@ -70,7 +72,9 @@ class Walker:
         values = {}
         for key, spec in table.items():
             present = key in data and (data[key] is not None or spec.required)
-            if present:
+            if key in data and data[key] is None and spec.nullable:
+                values[key] = None
+            elif present:
                 ok, value = self.value(spec, data[key], (*path, key))
                 if ok:
                     values[key] = value

@@ -86,6 +86,7 @@ class Limits:
     max_concurrency: int = 1000
     max_layer_sends: int = 50
     interface_poll: float = 5.0
+    app_timeout: float | None = 60.0  # None: application calls may run for ever
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ LIMITS = {
     "max_concurrency": Key(int, default=1000, check=at_least(1)),
     "max_layer_sends": Key(int, default=50, check=at_least(1)),
     "interface_poll": Key(float, default=5.0, check=positive),
+    "app_timeout": Key(float, default=60.0, check=positive, nullable=True),
 }
 TOP = {
     "channel_layer": Key(dict, default={}, table=LAYER),

@@ -74,6 +74,7 @@ class GatewayService(AsyncService):
         self.runner = AppRunner(
             self.app, self.layer, channels, max_concurrency=self.config.limits.max_concurrency,
             counters=self.counters, quiet=self.quiet, reserve=self.config.channel_layer.backend == "memory",
+            app_timeout=self.config.limits.app_timeout,
         )
 
     def _bind_listeners(self):

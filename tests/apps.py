@@ -1,6 +1,9 @@
 """Applications used by the end-to-end tests."""
 
+import asyncio
 import json
+
+from twisted.logger import Logger
 
 from gateway.consumer import UDPConsumer
 
@@ -49,6 +52,19 @@ class Slow(UDPConsumer):
             await self.reply(message, message["data"])
         finally:
             cls.active -= 1
+
+
+class Hanging(UDPConsumer):
+    """Never returns for datagrams starting with b"hang" (logging "hanging on ..." first); echoes the rest."""
+
+    async def udp_receive(self, message):
+        if message["data"].startswith(b"hang"):
+            Logger().info("hanging on {data}", data=message["data"].decode("latin-1"))
+            await asyncio.Future()
+        await self.reply(message, message["data"])
+
+
+hanging = Hanging.as_asgi()
 
 
 class Recorder(UDPConsumer):

@@ -481,6 +481,16 @@ ROWS = [
         "limits.max_reply_channels: 0 is less than 1",
     ),
     (
+        "app-timeout-zero",
+        doc(P, top=APP + "limits: {app_timeout: 0}\n"),
+        "gateway.yaml: limits.app_timeout: 0 is not a positive number",
+    ),
+    (
+        "app-timeout-string",
+        doc(P, top=APP + "limits: {app_timeout: none}\n"),
+        "gateway.yaml: limits.app_timeout: expected a number, got 'none'",
+    ),
+    (
         "limits-zero-poll",
         doc(P, top=APP + "limits: {interface_poll: 0}\n"),
         "limits.interface_poll: 0 is not a positive number",
@@ -583,7 +593,7 @@ def test_full_config_values(load):
         "name: mc, type: multicast, port: 5353, groups: ['FF02::FB', 224.0.0.251], sources: ['2001:DB8::9'], "
         "interfaces: [test0, '192.0.2.2'], ttl: 4, loopback: false, send_channel: mc.out",
         top=APP + "limits: {reply_ttl: 30, max_reply_channels: 7, max_concurrency: 8, max_layer_sends: 9, "
-        "interface_poll: 1.5}\n",
+        "interface_poll: 1.5, app_timeout: 2}\n",
     )
     config, problems = load(text)
     assert problems == []
@@ -595,9 +605,19 @@ def test_full_config_values(load):
     assert multicast.interfaces == ("test0", "192.0.2.2")
     assert (multicast.ttl, multicast.loopback, multicast.bind) == (4, False, ())
     assert config.limits == Limits(
-        reply_ttl=30.0, max_reply_channels=7, max_concurrency=8, max_layer_sends=9, interface_poll=1.5
+        reply_ttl=30.0, max_reply_channels=7, max_concurrency=8, max_layer_sends=9, interface_poll=1.5,
+        app_timeout=2.0,
     )
-    assert isinstance(config.limits.reply_ttl, float)
+    assert isinstance(config.limits.reply_ttl, float) and isinstance(config.limits.app_timeout, float)
+
+
+@pytest.mark.parametrize("text, expected", [("", 60.0), ("limits: {app_timeout: null}\n", None),
+                                             ("limits: {app_timeout: ~}\n", None), ("limits: {}\n", 60.0),
+                                             ("limits: {app_timeout: 0.5}\n", 0.5)])
+def test_app_timeout_default_and_null(load, text, expected):
+    """limits.app_timeout defaults to 60 seconds; an explicit null means calls are never timed out."""
+    config, problems = load(doc(P, top=APP + text))
+    assert problems == [] and config.limits.app_timeout == expected
 
 
 def test_bind_interface_expands_to_its_addresses(load):
