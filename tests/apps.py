@@ -27,6 +27,9 @@ class Inspect(UDPConsumer):
         await self.reply(message, describe(message))
 
 
+inspect = Inspect.as_asgi()
+
+
 class Raising(UDPConsumer):
     """Raises on b'boom', echoes anything else."""
 

@@ -514,6 +514,7 @@ def test_problem_lines(load, text, expected):
 
 VALID = [
     ("minimal", doc(P)),
+    ("loopback-127-0-0-2", doc(P.replace("127.0.0.1", "127.0.0.2"))),
     ("both-reuse-port", doc(P + ", reuse_port: true", P.replace("echo", "two") + ", reuse_port: true")),
     ("port-zero-twice", doc(P.replace("9999", "0"), P.replace("echo", "two").replace("9999", "0"))),
     (

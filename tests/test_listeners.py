@@ -8,7 +8,7 @@ from gateway.config import ListenerConfig, Remote
 from gateway.stats import Counters, QuietLog
 from listeners import KINDS
 from listeners.base import Route, display_address
-from listeners.ports import _PortProtocol
+from listeners.ports import _PortProtocol, socket_address
 
 
 def make(kind="plain", **overrides):
@@ -82,3 +82,12 @@ def test_send_failure_is_counted_not_raised():
 
     assert listener.write(Failing(), b"x", ("127.0.0.1", 9)) is False
     assert listener.counters.get("dropped_send_failed") == 1
+
+
+def test_scoped_address_becomes_a_4_tuple():
+    """A link-local address binds and connects with its scope id; other addresses stay (host, port)."""
+    index = socket.if_nametoindex("lo")
+    assert socket_address("fe80::1%lo", 53) == ("fe80::1", 53, 0, index)
+    assert socket_address(f"fe80::1%{index}", 53) == ("fe80::1", 53, 0, index)
+    assert socket_address("::1", 53) == ("::1", 53)
+    assert socket_address("127.0.0.1", 53) == ("127.0.0.1", 53)
