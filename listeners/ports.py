@@ -5,6 +5,7 @@ import socket
 
 from twisted.internet import address, error, protocol, udp
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from listeners import sockopts
 
@@ -86,19 +87,21 @@ class _PortMixin:
                 else:
                     (data, addr), ancdata = self.socket.recvfrom(self.maxPacketSize), ()
             except OSError as se:
-                if se.args[0] in _READ_IGNORE:
+                if se.errno in _READ_IGNORE:
                     return
-                if se.args[0] in _READ_REFUSE:
+                if se.errno in _READ_REFUSE:
                     if self._connectedAddr:
                         self.protocol.connectionRefused()
                     return
-                raise
+                # Raised into Twisted, it would log a traceback and close the port: count it and go on.
+                self.protocol.receive_failed(se)
+                return
             read += max(len(data), 64)
             dst, ifindex, spec_dst = sockopts.parse_pktinfo(ancdata)
             try:
                 self.protocol.packet_received(data, addr, dst, ifindex, spec_dst)
             except Exception:
-                log.failure("listener failed to handle a datagram")
+                self.protocol.handler_failed(Failure())
 
     def send_datagram(self, data, address=None, *, source=None, ifindex=0):
         """Send one datagram; pktinfo picks the source address and interface."""
@@ -199,3 +202,9 @@ class _PortProtocol(protocol.DatagramProtocol):
 
     def connectionRefused(self):
         self._listener.connection_refused()
+
+    def receive_failed(self, exc):
+        self._listener.receive_failed(exc)
+
+    def handler_failed(self, failure):
+        self._listener.handler_failed(failure)
