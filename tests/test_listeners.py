@@ -195,3 +195,39 @@ async def test_handler_exception_is_counted_and_logged_once():
         assert len(log_events) == 1 and log_events[0]["log_failure"].type is RuntimeError
     finally:
         await Deferred.asFuture(listener.stopService(), asyncio.get_event_loop())
+
+
+class RefusingSocket:
+    """setsockopt always fails with one errno."""
+
+    def __init__(self, code):
+        self.code = code
+        self.calls = 0
+
+    def setsockopt(self, *args):
+        self.calls += 1
+        raise OSError(self.code, os.strerror(self.code))
+
+
+@pytest.mark.parametrize("sources", [(), ("192.0.2.9", "192.0.2.10")], ids=["any-source", "source-specific"])
+@pytest.mark.parametrize("code, warned", [(errno.ENODEV, False), (errno.EADDRNOTAVAIL, False),
+                                          (errno.EPERM, True), (errno.EINVAL, True)])
+def test_leave_errors_gone_interface_silent_others_logged_once(monkeypatch, code, warned, sources):
+    """Leaving on an interface that is gone (ENODEV, EADDRNOTAVAIL) is silent; any other error is logged
+    once per family and interface, not swallowed, and every group and source is still tried."""
+    from gateway.interfaces import Interface
+    from listeners import multicast
+
+    events = []
+    monkeypatch.setattr(multicast, "log", Logger(observer=events.append))
+    listener, _ = make("multicast", bind=(), groups=("239.1.2.3", "239.1.2.4"), sources=sources)
+    port, eth9 = FakePort(), Interface("eth9", 9, ("192.0.2.2",), (), up=True, multicast=True, loopback=False)
+    port.socket = RefusingSocket(code)
+    for _ in range(2):
+        listener._leave(port, eth9)
+    assert port.socket.calls == 2 * 2 * max(1, len(sources))
+    failed = [e for e in events if "failed" in e["log_format"]]
+    assert len(failed) == (1 if warned else 0)
+    if warned:
+        assert (failed[0]["iface"], failed[0]["err"].errno) == ("eth9", code)
+    assert sum("left" in e["log_format"] for e in events) == 2
