@@ -110,6 +110,8 @@ def load_yaml(text):
         loader = _Loader(text)  # the reader checks every character here
     except yaml.reader.ReaderError as exc:
         return False, None, [_reader_problem(text, exc)]
+    except yaml.YAMLError as exc:
+        return False, None, [("", " ".join(str(exc).split()))]
     try:
         return True, loader.get_single_data(), loader.duplicates
     except yaml.MarkedYAMLError as exc:

@@ -784,6 +784,18 @@ def test_hostile_files_give_lines_not_exceptions(load, text, expected):
     assert all(len(line) < 400 for line in lines(problems)), lines(problems)
 
 
+def test_unexpected_exception_in_a_check_is_one_problem(load, monkeypatch):
+    """A case the checks missed still gives one problem line naming the file, not a traceback."""
+
+    def broken(self, data):
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(checker_module.Checker, "_check", broken)
+    config, problems = load(doc(P))
+    assert config is None
+    assert lines(problems) == ["gateway.yaml: cannot check this file (TypeError: unhashable type: 'list')"]
+
+
 def test_file_over_1_mib_refused_before_it_is_read(tmp_path, monkeypatch):
     """A file over 1 MiB is refused by its size; one that grows past it while read is cut at 1 MiB + 1 byte."""
     monkeypatch.chdir(tmp_path)
