@@ -43,10 +43,13 @@ class _PortMixin:
         # Python drops the scope of a 2-tuple: a link-local bind must be (host, port, 0, ifindex),
         # or the kernel refuses it with EINVAL (ipv6(7)).
         if self._preexistingSocket is None and "%" in self.interface:
+            skt = None
             try:
                 skt = self.createInternetSocket()
                 skt.bind(socket_address(self.interface, self.port))
             except OSError as le:
+                if skt is not None:
+                    skt.close()
                 raise error.CannotListenError(self.interface, self.port, le) from None
             self._preexistingSocket = skt  # udp.Port then adopts it: port number, log line, reading
         super()._bindSocket()
