@@ -73,7 +73,7 @@ class AsyncService(service.Service):
 
     def __init__(self, *, reactor, on_fatal=None, signals=False):
         self.counters = Counters()
-        self.quiet = QuietLog(clock=reactor)
+        self.quiet = QuietLog()  # monotonic clock
         self.started = None
         self.hurried = False
         self._bound = False

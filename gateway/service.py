@@ -63,7 +63,7 @@ class GatewayService(AsyncService):
         limits = self.config.limits
         self.prefix = reply_prefix(layers.gateway_id(self.layer.inner))
         self.tokens = TokenTable(max_entries=limits.max_reply_channels, ttl=limits.reply_ttl,
-                                 clock=self._reactor, on_forget=self._forget_token)
+                                 on_forget=self._forget_token)  # monotonic: a clock step expires nothing
         self._make_runner()
         self.delivery = Delivery(
             self.layer, self.tokens, self.prefix, {l.name: l.channel for l in self.config.listeners},
@@ -112,6 +112,7 @@ class GatewayService(AsyncService):
         self.runner = AppRunner(
             self.app, self.layer, channels, max_concurrency=self.config.limits.max_concurrency,
             counters=self.counters, quiet=self.quiet, reserve=self.config.channel_layer.backend == "memory",
+            app_timeout=self.config.limits.app_timeout,
         )
 
     def _make_listener(self, listener_config):

@@ -38,7 +38,7 @@ class WorkerService(AsyncService):
             log.warn("{layer} delivers each message to every worker receiving its channel: each datagram "
                      "is handled (and answered) once per running worker", layer=type(self.layer.inner).__name__)
         self.runner = AppRunner(self.app, self.layer, self.channels, max_concurrency=limits.max_concurrency,
-                                counters=self.counters, quiet=self.quiet)
+                                counters=self.counters, quiet=self.quiet, app_timeout=limits.app_timeout)
         self.lifespan = Lifespan(self.app, self.layer)
         await self.lifespan.startup()
         self.runner.start()

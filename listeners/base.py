@@ -184,6 +184,19 @@ class BaseListener(service.Service):
         self.counters.incr("connection_refused")
         self.quiet.warn("refused", "listener {name}: the peer refused a datagram (ICMP port unreachable)", name=self.name)
 
+    def receive_failed(self, exc):
+        """A socket read failed with an errno not known to be harmless: counted, logged rate-limited."""
+        self.counters.incr("receive_errors")
+        code = errno.errorcode.get(exc.errno, str(exc.errno))
+        self.quiet.warn(f"recv-{self.name}-{code}", "listener {name}: reading a datagram failed ({err})",
+                        name=self.name, err=exc)
+
+    def handler_failed(self, failure):
+        """Handing a datagram on raised (a bug): counted, its traceback logged at most once per interval."""
+        self.counters.incr("receive_errors")
+        self.quiet.failure(f"recv-{self.name}-{failure.type.__name__}", "listener {name} failed to handle a datagram",
+                           failure, name=self.name)
+
     # -- sending ---------------------------------------------------------
     def send_reply(self, route, data, multicast=False):
         """Write a reply to the client of `route`; False if it could not leave."""

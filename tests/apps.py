@@ -27,6 +27,9 @@ class Inspect(UDPConsumer):
         await self.reply(message, describe(message))
 
 
+inspect = Inspect.as_asgi()
+
+
 class Raising(UDPConsumer):
     """Raises on b'boom', echoes anything else."""
 
@@ -52,6 +55,19 @@ class Slow(UDPConsumer):
             await self.reply(message, message["data"])
         finally:
             cls.active -= 1
+
+
+class Hanging(UDPConsumer):
+    """Never returns for datagrams starting with b"hang" (logging "hanging on ..." first); echoes the rest."""
+
+    async def udp_receive(self, message):
+        if message["data"].startswith(b"hang"):
+            Logger().info("hanging on {data}", data=message["data"].decode("latin-1"))
+            await asyncio.Future()
+        await self.reply(message, message["data"])
+
+
+hanging = Hanging.as_asgi()
 
 
 class Recorder(UDPConsumer):

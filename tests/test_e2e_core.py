@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import time
 
 
 from tests import apps
@@ -155,6 +156,24 @@ async def test_expired_reply_channel_is_dropped(gateway, client):
     await service.layer.send(message["reply_channel"], {"type": "udp.send", "data": b"late"})
     await c.nothing(0.3)
     assert service.counters.get("dropped_unknown_token") == 1
+
+
+@aio
+async def test_wall_clock_step_keeps_reply_channels(gateway, client, monkeypatch):
+    """A wall-clock step longer than reply_ttl leaves reply channels (and QuietLog) on the monotonic clock."""
+    from twisted.internet import reactor
+
+    from gateway.clock import MONOTONIC
+
+    service = await gateway(config(plain(), limits="limits: {reply_ttl: 5}\n"), app=apps.Inspect.as_asgi())
+    c = await client()
+    message = json.loads((await exchange(c, listener_address(service, "echo"), b"x"))[0])
+    step = 3600 + time.time()
+    monkeypatch.setattr(time, "time", lambda: step)
+    monkeypatch.setattr(reactor, "seconds", lambda: step)
+    await service.layer.send(message["reply_channel"], {"type": "udp.send", "data": b"after the step"})
+    assert (await c.receive())[0] == b"after the step"
+    assert service.tokens.clock is MONOTONIC and service.quiet.clock is MONOTONIC
 
 
 @aio
