@@ -4,6 +4,7 @@ import asyncio
 
 from twisted.logger import Logger
 
+from gateway.layers.client import as_client
 from gateway.layers.errors import error_text
 from gateway.messages import BadReply, validate_send
 from listeners.base import BadRoute
@@ -29,9 +30,10 @@ class ReplyPump:
         self.send_channels = send_channels  # channel -> listener
         self.counters = counters
         self.quiet = quiet
-        self.prefix_receive = layer.prefix_receive  # layer: a LayerClient
-        self._receive = layer.receive
-        self._receive_single = layer.receive_prefixed
+        client = as_client(layer)
+        self.prefix_receive = client.prefix_receive
+        self._receive = client.receive
+        self._receive_single = client.receive_prefixed
         self._loops = []
         self._watchers = {}
 

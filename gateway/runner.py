@@ -5,6 +5,7 @@ import asyncio
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.layers.client import as_client
 from gateway.layers.errors import error_text
 from gateway.messages import SEND_TYPE
 
@@ -58,7 +59,7 @@ class AppRunner:
         self.counters = counters
         self.quiet = quiet
         self.reserve_mode = reserve
-        self._receive = layer.receive  # layer: a LayerClient
+        self._receive = as_client(layer).receive
         self._reserved = 0
         self._slots = None
         self._loops = []

@@ -172,6 +172,11 @@ class LayerClient:
                 await result
 
 
+def as_client(layer):
+    """`layer` if it is a LayerClient already, else a LayerClient around it (sends unbounded)."""
+    return layer if isinstance(layer, LayerClient) else LayerClient(layer)
+
+
 async def _waited(awaitable, timeout):
     """The awaitable's result; with a timeout, None once it passed (cancelled client-side)."""
     if timeout is None:
