@@ -101,9 +101,9 @@ def run_udp_row(kind, backend, workers, redis_port, tmp, processes, args, redis_
         raise RuntimeError("no answer within 20 s")
     times = latency(port, args.pings, args.size, args.budget)
     pids = [redis_pid] + [p.pid for p in processes]
-    cpu = cpu_seconds(pids) - time.process_time()
+    cpu = cpu_seconds(pids) + time.process_time()  # the client is this process
     rate, answered, sent = throughput(port, args.count, args.size, args.window, args.budget)
-    cpu = cpu_seconds(pids) - time.process_time() - cpu
+    cpu = cpu_seconds(pids) + time.process_time() - cpu
     return times, rate, answered, sent, cpu
 
 

@@ -118,6 +118,23 @@ async def test_receive_buffers_at_most_one_batch(redis_server):
         await layer.close_pools()
 
 
+@pytest.mark.parametrize("bzmpop", [True, False], ids=["bzmpop", "before-redis-7"])
+@aio
+async def test_receives_after_full_and_partial_batches(redis_server, bzmpop):
+    """Batches pop in order whether the last pop was full (the script) or not (a blocking pop), with or without BZMPOP."""
+    layer = _layer(redis_server, capacity=1000, receive_batch=4)
+    layer._has_bzmpop = bzmpop
+    try:
+        got = []
+        for burst in (10, 1, 6):
+            await asyncio.gather(*(layer.send("b", {"type": "t", "n": len(got) + n}) for n in range(burst)))
+            got += [(await asyncio.wait_for(layer.receive("b"), 5))["n"] for _ in range(burst)]
+        assert got == list(range(17))
+        assert redis_server.command(b"ZCARD", b"asgib") == b":0"
+    finally:
+        await layer.close_pools()
+
+
 @aio
 async def test_cancelled_receive_loses_nothing(redis_server):
     """A receive cancelled while waiting leaves the next message for the next receive."""

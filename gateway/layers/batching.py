@@ -21,6 +21,7 @@ import time
 
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
+from redis.exceptions import ResponseError
 
 from gateway.layers.inbox import Inbox
 from gateway.layers.wire import Script, wire_for
@@ -141,6 +142,7 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         self._wires = {}     # (event loop, owner, host index) -> Wire: one caller at a time each
         self._last_score = 0.0
         self._known = {}     # recently sent-to channel name -> its capacity (the name is valid)
+        self._has_bzmpop = True  # until a Redis before 7.0 says otherwise
 
     async def send(self, channel, message):
         """Queue a message for this turn's batch; ChannelFull if its channel was at capacity."""
@@ -231,19 +233,46 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         return await self._wire(None, index).call(_SEND_SCRIPT, keys, args)
 
     def _popper(self, key):
-        """`pop(index, count)` for the Inbox of `key`: a batch pop, or one blocking pop when it is empty."""
+        """`pop(index, count)` for the Inbox of `key`: one round trip per batch.
+
+        After a full batch (more are likely waiting) the pop script; otherwise
+        BZMPOP (Redis 7), which waits on the server and pops up to `count` in
+        the same command. Before Redis 7: the script, then BZPOPMIN if it was empty.
+        """
+        full = set()  # hosts whose last pop filled its batch
 
         async def pop(index, count):
             wire = self._wire(key, index)
-            if count > 1:
-                packed = await wire.call(_POP_SCRIPT, [key], [count])
-                if packed:
-                    return _unpack(packed)
-            # The server-side timeout ends a wait without cancelling a command in flight.
-            result = await wire.command(b"BZPOPMIN", key, self.brpop_timeout, read_timeout=self.brpop_timeout + 5)
-            return [] if result is None else [result[1]]
+            if count > 1 and (index in full or not self._has_bzmpop):
+                members = _unpack(await wire.call(_POP_SCRIPT, [key], [count]) or b"")
+                if len(members) == count:
+                    return members
+                if members:
+                    full.discard(index)
+                    return members
+            full.discard(index)
+            members = await self._blocking_pop(wire, key, count)
+            if len(members) == count > 1:
+                full.add(index)
+            return members
 
         return pop
+
+    async def _blocking_pop(self, wire, key, count):
+        """Up to `count` members, waiting at most brpop_timeout on the server for the first."""
+        # The server-side timeout ends a wait without cancelling a command in flight.
+        wait, read_timeout = self.brpop_timeout, self.brpop_timeout + 5
+        if self._has_bzmpop:
+            try:
+                result = await wire.command(b"BZMPOP", wait, 1, key, b"MIN", b"COUNT", count, read_timeout=read_timeout)
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self._has_bzmpop = False  # Redis before 7.0
+            else:
+                return [] if result is None else [pair[0] for pair in result[1]]
+        result = await wire.command(b"BZPOPMIN", key, wait, read_timeout=read_timeout)
+        return [] if result is None else [result[1]]
 
     def _score(self):
         """Wall-clock time as channels_redis scores messages, strictly increasing so a batch keeps its order."""
