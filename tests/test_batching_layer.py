@@ -1,6 +1,7 @@
 """BatchingRedisChannelLayer against a real redis-server: coalesced sends, capacity, bounded receives, interop, groups."""
 
 import asyncio
+import threading
 
 import pytest
 
@@ -111,7 +112,7 @@ async def test_receive_buffers_at_most_one_batch(redis_server):
         await asyncio.gather(*(layer.send("work", {"type": "t", "n": n}) for n in range(20)))
         assert (await layer.receive("work"))["n"] == 0
         assert redis_server.command(b"ZCARD", b"asgiwork") == b":12"
-        (inbox,) = layer._inboxes.values()
+        (inbox,) = layer._state().inboxes.values()
         assert len(inbox.buffer) == 7
         assert [(await layer.receive("work"))["n"] for _ in range(19)] == list(range(1, 20))
     finally:
@@ -208,7 +209,7 @@ async def test_flush_and_close(redis_server):
         await layer.receive("f")
         await layer.flush()
         assert redis_server.command(b"EXISTS", b"asgif") == b":0"
-        assert all(not inbox.buffer for inbox in layer._inboxes.values())
+        assert all(not inbox.buffer for inbox in layer._state().inboxes.values())
         pending = asyncio.ensure_future(layer.send("g", {"type": "t"}))
         await asyncio.sleep(0)
         await layer.close_pools()
@@ -216,3 +217,25 @@ async def test_flush_and_close(redis_server):
         assert redis_server.command(b"ZCARD", b"asgig") == b":1"
     finally:
         await layer.close_pools()
+
+
+def test_async_to_sync_sends_leave_no_connection_open(redis_server):
+    """Sends through async_to_sync (a Django view) run in loops of their own, which close our connections."""
+    from asgiref.sync import async_to_sync
+
+    layer = _layer(redis_server)
+    errors = []
+
+    def view():
+        try:
+            for n in range(3):
+                async_to_sync(layer.send)("sync", {"type": "t", "n": n})
+        except Exception as exc:  # reported below, with the assertion
+            errors.append(exc)
+
+    thread = threading.Thread(target=view)  # async_to_sync refuses a thread running an event loop
+    thread.start()
+    thread.join(30)
+    assert not errors and not thread.is_alive()
+    assert redis_server.command(b"ZCARD", b"asgisync") == b":3"
+    assert redis_server.info(b"clients")["connected_clients"] == "1"  # only this INFO's own connection

@@ -123,6 +123,32 @@ class _SendBatch:
                 self.flush([index])
 
 
+class _LoopState:
+    """What the layer holds per event loop: its send batch, receive inboxes and connections.
+
+    It hangs on channels_redis' own per-loop object, whose flush runs when
+    the pools close and when the loop closes (channels_redis wraps
+    loop.close), so a loop made for one async_to_sync call leaves nothing open.
+    """
+
+    def __init__(self, layer, loop):
+        self.batch = _SendBatch(layer, loop)
+        self.inboxes = {}  # Redis key -> Inbox
+        self.wires = {}    # (owner, host index) -> Wire: one caller at a time each
+
+    async def close(self):
+        """Send what is batched, stop the receive rounds, close the connections."""
+        self.batch.flush()
+        while self.batch.flushes:  # a call ending starts the next one of its host
+            await asyncio.wait(list(self.batch.flushes))
+        inboxes, self.inboxes = list(self.inboxes.values()), {}
+        for inbox in inboxes:
+            await inbox.close()
+        wires, self.wires = list(self.wires.values()), {}
+        for wire in wires:
+            await wire.close()
+
+
 class BatchingRedisChannelLayer(RedisChannelLayer):
     """A drop-in for channels_redis.core.RedisChannelLayer that batches its Redis round trips."""
 
@@ -137,9 +163,6 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         if not (isinstance(receive_batch, int) and receive_batch >= 1):
             raise ValueError(f"receive_batch must be a positive integer, not {receive_batch!r}")
         self.receive_batch = receive_batch
-        self._batches = {}   # event loop -> _SendBatch
-        self._inboxes = {}   # (event loop, Redis key) -> Inbox
-        self._wires = {}     # (event loop, owner, host index) -> Wire: one caller at a time each
         self._last_score = 0.0
         self._known = {}     # recently sent-to channel name -> its capacity (the name is valid)
         self._has_bzmpop = True  # until a Redis before 7.0 says otherwise
@@ -157,7 +180,7 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         else:
             non_local = channel
             index = next(self._send_index_generator)
-        batch = self._batch()
+        batch = self._state().batch
         added = await batch.add(index, self.prefix + non_local, self.serialize(message), capacity)
         if not added:
             raise ChannelFull(channel)
@@ -168,44 +191,40 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         `batch` (at most receive_batch) bounds what one round trip pops, for a caller with less room.
         """
         key = self.prefix + channel
-        loop = asyncio.get_running_loop()
-        inbox = self._inboxes.get((loop, key))
+        inboxes = self._state().inboxes
+        inbox = inboxes.get(key)
         if inbox is None:
             assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
-            inbox = self._inboxes[loop, key] = Inbox(self._popper(key), self.ring_size, batch=self.receive_batch)
+            inbox = inboxes[key] = Inbox(self._popper(key), self.ring_size, batch=self.receive_batch)
         message = self.deserialize(await inbox.get(batch))
         if "__asgi_channel__" in message:
             channel = message.pop("__asgi_channel__")
         return channel, message
 
-    async def close_pools(self):
-        """Finish this loop's batched sends, stop its receive rounds, then close every pool."""
-        loop = asyncio.get_running_loop()
-        batch = self._batches.pop(loop, None)
-        if batch is not None:
-            batch.flush()
-            while batch.flushes:  # a call ending starts the next one of its host
-                await asyncio.wait(list(batch.flushes))
-        for key in [k for k in self._inboxes if k[0] is loop]:
-            await self._inboxes.pop(key).close()
-        for key in [k for k in self._wires if k[0] is loop]:
-            await self._wires.pop(key).close()
-        await super().close_pools()
-
     async def flush(self):
         """Delete every message and group on every host, and this loop's local buffers."""
-        loop = asyncio.get_running_loop()
-        for key in [k for k in self._inboxes if k[0] is loop]:
-            self._inboxes[key].buffer.clear()
+        for inbox in self._state().inboxes.values():
+            inbox.buffer.clear()
         await super().flush()
 
     # -- internals -----------------------------------------------------------
-    def _batch(self):
+    def _state(self):
+        """This event loop's _LoopState, made with channels_redis' per-loop object and closed with it."""
         loop = asyncio.get_running_loop()
-        batch = self._batches.get(loop)
-        if batch is None:
-            batch = self._batches[loop] = _SendBatch(self, loop)
-        return batch
+        loop_layer = self._layers.get(loop)
+        state = getattr(loop_layer, "batching_state", None)
+        if state is None:
+            self.connection(0)  # channels_redis' per-loop object, and its hook on loop.close
+            loop_layer = self._layers[loop]
+            state = loop_layer.batching_state = _LoopState(self, loop)
+            close_pools = loop_layer.flush
+
+            async def flush():
+                await state.close()
+                await close_pools()
+
+            loop_layer.flush = flush
+        return state
 
     def _capacity(self, channel):
         """The capacity of a valid channel name (TypeError for an invalid one), remembered for the next sends."""
@@ -219,10 +238,10 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
 
     def _wire(self, owner, index):
         """The connection `owner` (the sends, or one receive key) uses for host `index`."""
-        key = (asyncio.get_running_loop(), owner, index)
-        wire = self._wires.get(key)
+        wires = self._state().wires
+        wire = wires.get((owner, index))
         if wire is None:
-            wire = self._wires[key] = wire_for(self.connection(index))
+            wire = wires[owner, index] = wire_for(self.connection(index))
         return wire
 
     async def _run_send_script(self, index, sends):
