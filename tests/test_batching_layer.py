@@ -137,6 +137,20 @@ async def test_receives_after_full_and_partial_batches(redis_server, bzmpop):
 
 
 @aio
+async def test_closing_puts_back_what_was_popped_but_not_received(redis_server):
+    """Messages in the local buffer when the pools close go back to Redis, where another consumer gets them."""
+    first, second = _layer(redis_server, capacity=1000), _layer(redis_server, capacity=1000)
+    try:
+        await asyncio.gather(*(first.send("back", {"type": "t", "n": n}) for n in range(10)))
+        assert (await first.receive("back"))["n"] == 0
+        await first.close_pools()
+        assert sorted([(await asyncio.wait_for(second.receive("back"), 5))["n"] for _ in range(9)]) == list(range(1, 10))
+    finally:
+        await first.close_pools()
+        await second.close_pools()
+
+
+@aio
 async def test_cancelled_receive_loses_nothing(redis_server):
     """A receive cancelled while waiting leaves the next message for the next receive."""
     layer = _layer(redis_server)

@@ -102,8 +102,9 @@ async def test_close_stops_the_rounds():
 
 
 def test_pack_is_resp():
-    """Commands are packed as RESP arrays of bulk strings, from bytes, str and int arguments."""
+    """Commands are packed as RESP arrays of bulk strings, from bytes, str, int and float arguments."""
     pytest.importorskip("redis")
     from gateway.layers.wire import pack
 
     assert pack(b"ZPOPMIN", "k\u00e9", 3) == b"*3\r\n$7\r\nZPOPMIN\r\n$3\r\nk\xc3\xa9\r\n$1\r\n3\r\n"
+    assert pack(b"ZADD", b"k", 1.5, b"m") == b"*4\r\n$4\r\nZADD\r\n$1\r\nk\r\n$3\r\n1.5\r\n$1\r\nm\r\n"

@@ -11,7 +11,9 @@ processes both ways. What differs:
   channel's capacity and adds it (ChannelFull for those that do not fit);
 - a receive pops up to ``receive_batch`` messages at once into a local
   buffer (gateway.layers.inbox), at most once: channels_redis' own receive
-  re-queues what another consumer is handling (channels_redis issue #163);
+  re-queues what another consumer is handling (channels_redis issue #163).
+  What is still in the buffer when the pools close goes back to Redis;
+  a process that dies loses it;
 - ``x!y`` channels live on the host of ``x!``, and receives read every host,
   so with several hosts a reply arrives wherever a stock process put it.
 """
@@ -21,7 +23,7 @@ import time
 
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.layers.inbox import Inbox
 from gateway.layers.wire import Script, wire_for
@@ -132,21 +134,37 @@ class _LoopState:
     """
 
     def __init__(self, layer, loop):
+        self.layer = layer
         self.batch = _SendBatch(layer, loop)
         self.inboxes = {}  # Redis key -> Inbox
         self.wires = {}    # (owner, host index) -> Wire: one caller at a time each
 
     async def close(self):
-        """Send what is batched, stop the receive rounds, close the connections."""
+        """Send what is batched, stop the receive rounds, put back what was popped but not received, close."""
         self.batch.flush()
         while self.batch.flushes:  # a call ending starts the next one of its host
             await asyncio.wait(list(self.batch.flushes))
-        inboxes, self.inboxes = list(self.inboxes.values()), {}
-        for inbox in inboxes:
+        inboxes, self.inboxes = self.inboxes, {}
+        for key, inbox in inboxes.items():
             await inbox.close()
+            if inbox.buffer:
+                await self._put_back(key, list(inbox.buffer))
+                inbox.buffer.clear()
         wires, self.wires = list(self.wires.values()), {}
         for wire in wires:
             await wire.close()
+
+    async def _put_back(self, key, members):
+        """Queue members again in `key`, on the host a stock channels_redis receiver reads; lost if Redis fails."""
+        layer = self.layer
+        channel = key[len(layer.prefix):]
+        index = layer.consistent_hash(channel) if channel.endswith("!") else 0
+        score = time.time() - 1  # ahead of what was sent since
+        args = [arg for member in members for arg in (score, member)]
+        try:
+            await layer._wire(None, index).command(b"ZADD", key, *args)
+        except (RedisError, OSError):  # at stop, with Redis gone: they are lost, as popped messages may be
+            pass
 
 
 class BatchingRedisChannelLayer(RedisChannelLayer):

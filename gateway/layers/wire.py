@@ -16,13 +16,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 def pack(*args):
-    """One RESP command from bytes, str and int arguments."""
+    """One RESP command from bytes, str, int and float arguments."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, str):
             arg = arg.encode()
         elif isinstance(arg, int):
             arg = b"%d" % arg
+        elif isinstance(arg, float):
+            arg = repr(arg).encode()
         parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
     return b"".join(parts)
 
