@@ -127,5 +127,9 @@ async def close_redis_layer(layer):
 
 
 def is_core_layer(layer):
-    """A channels_redis.core.RedisChannelLayer or a subclass (ours): sorted sets per channel, read by popping."""
-    return from_channels_redis(type(layer), "channels_redis.core")
+    """channels_redis' RedisChannelLayer, or a subclass keeping its receive_single: sorted sets we may pop ourselves."""
+    if not from_channels_redis(type(layer), "channels_redis.core"):
+        return False
+    from channels_redis.core import RedisChannelLayer
+
+    return type(layer).receive_single is RedisChannelLayer.receive_single
