@@ -5,12 +5,29 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests import support
-from tests.netns import pair, run_gateway  # noqa: F401 (fixtures for the namespace tests)
+from tests.netns import pair, remove_leftover_namespaces, run_gateway  # noqa: F401 (fixtures for the namespace tests)
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "netns: needs ip netns (root, iproute2)")
     config.addinivalue_line("markers", "redis: needs redis-server")
+
+
+def pytest_sessionstart(session):
+    """Namespaces left by an earlier run that was killed (its pid is gone) are removed first."""
+    remove_leftover_namespaces()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under UDPGATEWAY_REQUIRE_ALL=1 (CI) any skip or xfail, however it was raised, is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if support.REQUIRE_ALL and (report.skipped or hasattr(report, "wasxfail")):
+        why = getattr(report, "wasxfail", None) or (report.longrepr[2] if isinstance(report.longrepr, tuple) else
+                                                     report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped or xfailed under UDPGATEWAY_REQUIRE_ALL=1: {why}"
 
 
 @pytest.fixture
@@ -36,7 +53,7 @@ def gateway(write_config):
         service = support.build_service(write_config(text, **modules), app=app)
         started.append(service)
         service.startService()
-        await support.wait(service.started, 10)
+        await support.wait(service.started)
         return service
 
     yield start

@@ -15,17 +15,18 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.processes import GatewayProcess, child_env
-from tests.support import skip_or_fail
+from tests.support import skip_or_fail, wait_until
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "nsclient.py"
 _counter = itertools.count(1)
+# Our namespaces are named ugw<pid of the test run>x<n>g / c (and ugw<pid>probe): nothing else is ever removed.
+_OURS = re.compile(r"ugw(\d+)(?:x\d+[gc]|probe)")
 
 
 def ip(*args, check=True, timeout=10):
@@ -50,6 +51,40 @@ def netns_available():
         return f"ip netns does not work here: {exc}"
     ip("netns", "del", name, check=False)
     return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftover_namespaces():
+    """Remove namespaces of ours whose test run is gone (killed before its teardown); returns their names."""
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        return []
+    names = [line.split()[0] for line in ip("netns", "list", check=False).splitlines() if line.strip()]
+    leftover = [name for name in names
+                if (match := _OURS.fullmatch(name)) and int(match[1]) != os.getpid() and not _alive(int(match[1]))]
+    for name in leftover:
+        ip("netns", "del", name, check=False)
+    return leftover
+
+
+def teardown(*steps):
+    """Run every step, even after one fails; then raise the first failure."""
+    errors = []
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:  # noqa: BLE001 (collected, raised below)
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 class NetnsPair:
@@ -92,14 +127,10 @@ class NetnsPair:
         if v6:
             ip("-n", ns, "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
 
-    def wait_ready(self, timeout=5.0):
+    def wait_ready(self, timeout=30.0):
         """Wait until both link-local addresses are usable (not tentative)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.link_local(self.gw) and self.link_local(self.cl):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("IPv6 link-local addresses stayed tentative")
+        wait_until(lambda: self.link_local(self.gw) and self.link_local(self.cl), timeout,
+                   what="IPv6 link-local addresses that are not tentative")
 
     def link_local(self, ns):
         """The fe80:: address of the namespace's veth end, or None while tentative."""
@@ -118,12 +149,13 @@ class NetnsPair:
         return done.stdout
 
     def destroy(self):
-        for proc in self._background:  # clients left waiting by a failed test
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-        for ns in (self.gw, self.cl):
-            ip("netns", "del", ns, check=False)
+        """Kill clients left waiting by a failed test and delete both namespaces, each step tried."""
+        teardown(*(functools.partial(_kill, proc) for proc in self._background),
+                 *(functools.partial(ip, "netns", "del", ns) for ns in (self.gw, self.cl) if self._exists(ns)))
+
+    @staticmethod
+    def _exists(ns):
+        return any(line.split()[:1] == [ns] for line in ip("netns", "list", check=False).splitlines())
 
     # -- processes -------------------------------------------------------
     def python(self, ns, *args, timeout=15, env=None):
@@ -144,6 +176,15 @@ class NetnsPair:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
         self._background.append(proc)
         return Listening(proc)
+
+
+def _kill(proc):
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 class Listening:
@@ -213,7 +254,11 @@ def run_gateway(pair, tmp_path):
         return process.start(ready=ready)
 
     yield start
-    for process in started:
-        if process.proc.poll() is None:
-            status = process.stop()
-            assert status == 0, f"gateway exited {status}:\n{process.log_text()}\n" + "\n".join(process.errors)
+    teardown(*(functools.partial(_stopped_cleanly, process) for process in started))
+
+
+def _stopped_cleanly(process):
+    """Stop a gateway that is still running (SIGTERM, then SIGKILL); it must have exited 0."""
+    if process.proc is not None and process.proc.poll() is None:
+        status = process.stop()
+        assert status == 0, f"gateway exited {status}:\n{process.log_text()}\n" + "\n".join(process.errors)
