@@ -21,8 +21,16 @@ def pytest_sessionstart(session):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under UDPGATEWAY_REQUIRE_ALL=1 (CI) any skip or xfail, however it was raised, is a failure."""
-    outcome = yield
-    report = outcome.get_result()
+    _no_skips((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped while it is collected."""
+    _no_skips((yield).get_result())
+
+
+def _no_skips(report):
     if support.REQUIRE_ALL and (report.skipped or hasattr(report, "wasxfail")):
         why = getattr(report, "wasxfail", None) or (report.longrepr[2] if isinstance(report.longrepr, tuple) else
                                                      report.longrepr)

@@ -9,7 +9,7 @@ import pytest
 
 from listeners import sockopts
 from tests import apps
-from tests.support import aio
+from tests.support import aio, skip_or_fail
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux option numbers and layouts")
 
@@ -125,12 +125,12 @@ def test_pktinfo_on_loopback_ipv4():
 def test_pktinfo_on_loopback_ipv6():
     """IPV6_RECVPKTINFO gives an IPv6 wildcard socket the destination (::1) and interface of a datagram."""
     if not socket.has_ipv6:
-        pytest.skip("no IPv6 here")
+        skip_or_fail("no IPv6 here")
     with _wildcard_socket(socket.AF_INET6) as server, socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as client:
         try:
             client.sendto(b"ping", ("::1", server.getsockname()[1]))
         except OSError as exc:
-            pytest.skip(f"no ::1 here: {exc}")
+            skip_or_fail(f"no ::1 here: {exc}")
         data, ancdata, _, _ = server.recvmsg(100, sockopts.ancillary_space())
         assert (data, sockopts.parse_pktinfo(ancdata)) == (b"ping", ("::1", lo_index(), None))
 
