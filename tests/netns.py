@@ -158,7 +158,7 @@ class NetnsPair:
         return any(line.split()[:1] == [ns] for line in ip("netns", "list", check=False).splitlines())
 
     # -- processes -------------------------------------------------------
-    def python(self, ns, *args, timeout=15, env=None):
+    def python(self, ns, *args, timeout=60, env=None):
         """Run `python ARGS` inside `ns` and return its stdout (raises on a non-zero exit)."""
         argv = ["ip", "netns", "exec", ns, sys.executable, *map(str, args)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=child_env(env), cwd=HERE.parent)
@@ -168,7 +168,7 @@ class NetnsPair:
 
     def client(self, *args, ns=None):
         """Run tests/nsclient.py in the client namespace; its result with `data` decoded to bytes."""
-        return _client_result(self.python(ns or self.cl, CLIENT, *args, timeout=40))
+        return _client_result(self.python(ns or self.cl, CLIENT, *args))
 
     def listen(self, *args, ns=None):
         """Start tests/nsclient.py in the background, return once it is bound (and joined)."""
@@ -197,7 +197,7 @@ class Listening:
             self.result()
             raise RuntimeError(f"client did not start: {line!r}")
 
-    def result(self, timeout=40):
+    def result(self, timeout=60):
         try:
             out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -210,8 +210,9 @@ class Listening:
 
 def _client_result(out):
     result = json.loads(out.strip().splitlines()[-1])
-    for reply in result["replies"]:
-        reply["data"] = base64.b64decode(reply["data"])
+    for reply in result["replies"] + [result.get("marker") or {}]:
+        if "data" in reply:
+            reply["data"] = base64.b64decode(reply["data"])
     return result
 
 
