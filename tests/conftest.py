@@ -1,5 +1,7 @@
 """Shared fixtures: a real gateway on loopback, async UDP clients, skip-or-fail for optional parts."""
 
+import functools
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer
@@ -65,9 +67,12 @@ def gateway(write_config):
         return service
 
     yield start
-    for service in started:
-        if service.running:
-            pytest_twisted.blockon(service.stopService())
+    support.teardown(*(functools.partial(_stop_service, service) for service in started))
+
+
+def _stop_service(service):
+    if service.running:
+        pytest_twisted.blockon(service.stopService())
 
 
 @pytest.fixture
@@ -84,8 +89,11 @@ def client():
         return c
 
     yield make
-    for c in clients:
-        pytest_twisted.blockon(defer.maybeDeferred(c.port.stopListening))
+    support.teardown(*(functools.partial(_close_client, c) for c in clients))
+
+
+def _close_client(c):
+    pytest_twisted.blockon(defer.maybeDeferred(c.port.stopListening))
 
 
 @pytest.fixture

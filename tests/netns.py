@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import GatewayProcess, child_env
-from tests.support import skip_or_fail, wait_until
+from tests.support import skip_or_fail, teardown, wait_until
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "nsclient.py"
@@ -73,18 +73,6 @@ def remove_leftover_namespaces():
     for name in leftover:
         ip("netns", "del", name, check=False)
     return leftover
-
-
-def teardown(*steps):
-    """Run every step, even after one fails; then raise the first failure."""
-    errors = []
-    for step in steps:
-        try:
-            step()
-        except BaseException as exc:  # noqa: BLE001 (collected, raised below)
-            errors.append(exc)
-    if errors:
-        raise errors[0]
 
 
 class NetnsPair:

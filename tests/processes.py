@@ -1,5 +1,6 @@
 """Real gateway and worker processes for tests: started by us, read line by line, stopped by PID."""
 
+import functools
 import os
 import queue
 import re
@@ -12,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.support import DEADLINE
+from tests.support import DEADLINE, teardown
 
 BIN = Path(sys.executable).parent
 TWISTD = BIN / "twistd"
@@ -115,7 +116,7 @@ class Process:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signum)
 
-    def stop(self, timeout=20.0, signum=signal.SIGTERM):
+    def stop(self, timeout=DEADLINE, signum=signal.SIGTERM):
         """Signal this process only and wait; returns its exit status (-9 if it had to be killed)."""
         self.send_signal(signum)
         try:
@@ -219,8 +220,12 @@ class Processes:
         return process.start(ready=ready, timeout=timeout)
 
     def stop_all(self):
+        """Stop each one still running, by its PID, even if stopping another failed; [(process, status)]."""
         statuses = []
-        for process in self.started:
+
+        def stop(process):
             if process.proc is not None and process.proc.poll() is None:
                 statuses.append((process, process.stop()))
+
+        teardown(*(functools.partial(stop, process) for process in self.started))
         return statuses

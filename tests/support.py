@@ -38,6 +38,18 @@ async def eventually(condition, timeout=DEADLINE, *, interval=0.02, what=None):
     return result
 
 
+def teardown(*steps):
+    """Run every step (a callable), even after one fails; then raise the first failure."""
+    errors = []
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:  # noqa: BLE001 (collected, raised below)
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
 def aio(test):
     """Run an async test as an asyncio task (so it can await asyncio futures) under pytest-twisted."""
 
