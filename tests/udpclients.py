@@ -50,6 +50,7 @@ class Clients:
             self.sockets.append(s)
         self.replies = []
         self.probes = []  # every probe until_answered sent, answered or not (yet)
+        self._markers = 0
 
     def __enter__(self):
         return self
@@ -114,7 +115,8 @@ class Clients:
         Returns every reply read so far. Replaces waiting a fixed time for late replies or
         duplicates, which passes whenever the gateway is merely slow.
         """
-        marker = b"marker%d" % len(self.replies)
+        self._markers += 1
+        marker = b"marker%d" % self._markers
         self.send(client, marker, address)
         self.answered([marker], copies=copies)
         return self.replies
