@@ -43,7 +43,10 @@ def fresh_python(directory):
     """A new virtualenv with README's non-editable install of this repository and its test extras."""
     venv = Path(directory) / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{REPO}[test]"], check=True, cwd=directory)
+    done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{REPO}[test]"], cwd=directory,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"pip install failed:\n{done.stdout}{done.stderr}")
     return str(venv / "bin" / "python")
 
 
