@@ -189,6 +189,8 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="a few seconds: checks it runs, not a measurement")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--redis", action="store_true", help="also measure gateway + 2 workers over Redis")
+    parser.add_argument("--hold", action="store_true",
+                        help="once the servers run, wait for a line on stdin before measuring (a test stops it there)")
     args = parser.parse_args(argv)
     args.pings, args.count, args.window, args.budget = (50, 300, 16, 5.0) if args.smoke else (2000, 30000, 64, 30.0)
     signal.signal(signal.SIGTERM, _terminated)
@@ -197,9 +199,12 @@ def main(argv=None):
         config.write_text(GATEWAY_YAML.replace("examples.echo", "echo"))
         (Path(tmp) / "echo.py").write_text((REPO / "examples" / "echo.py").read_text())
         try:
-            _raw, raw_port = start([sys.executable, str(HERE / "raw_echo.py")], r"raw echo on \S+:(\d+)", tmp)
-            _gateway, gw_port = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd.pid", "udpgateway",
+            raw, raw_port = start([sys.executable, str(HERE / "raw_echo.py")], r"raw echo on \S+:(\d+)", tmp)
+            gateway, gw_port = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd.pid", "udpgateway",
                                        "-c", str(config)], r"listener bench \(plain\) on \S+:(\d+)", tmp)
+            print(f"servers started: raw echo (PID {raw.pid}), gateway (PID {gateway.pid})", flush=True)
+            if args.hold:
+                sys.stdin.readline()
             base = measure("raw", raw_port, args)
             results = {"gateway": measure("gateway", gw_port, args)}
             if args.redis:

@@ -31,21 +31,23 @@ def test_echo_benchmark_smoke(extra):
 
 def test_echo_benchmark_stopped_leaves_nothing_running():
     """SIGTERM to benchmarks/echo_bench.py mid-run stops the raw echo and the gateway it started, by PID."""
-    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / "echo_bench.py"), "--smoke"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env=child_env())
+    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / "echo_bench.py"), "--smoke", "--hold"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=child_env())
     try:
         seen = []
-        for line in proc.stdout:  # ends when the benchmark does; the first figures mean both servers run
+        for line in proc.stdout:  # ends early if the benchmark does
             seen.append(line)
-            if "raw:" in line:
+            if "servers started" in line:
                 break
-        assert seen and "raw:" in seen[-1], "".join(seen)
-        proc.send_signal(signal.SIGTERM)
+        assert seen and "servers started" in seen[-1], "".join(seen)
+        proc.send_signal(signal.SIGTERM)  # it holds before measuring until a line on stdin: never comes
         assert proc.wait(60) == 128 + signal.SIGTERM, "".join(seen)
     finally:
         left = kill_group(proc)
         if proc.poll() is None:
             proc.wait(10)
+        proc.stdin.close()
         proc.stdout.close()
     assert not left, f"left running: {left}"
 
