@@ -7,8 +7,8 @@ from gateway._imports import MEMORY, application_problems, backend_problems, put
 from gateway._schema import Walker, clash, ip, scoped
 from gateway._source import Unreadable, load_yaml, read_text, substitute_env
 from gateway.config import (
-    _FAMILIES, LIMITS, TOP, GatewayConfig, LayerConfig, Limits, ListenerConfig, Problem, Remote, _listener_table,
-    errors,
+    _FAMILIES, LIMITS, TOP, GatewayConfig, LayerConfig, Limits, ListenerConfig, MetricsConfig, Problem, Remote,
+    _listener_table, errors,
 )
 
 
@@ -245,6 +245,7 @@ class Checker:
             application=self.top.get("application"),
             listeners=tuple(_listener_config(values) for values in self.listeners),
             limits=Limits(**limits),
+            metrics=MetricsConfig(**self.top["metrics"]) if self.top.get("metrics") is not None else None,
         )
 
 

@@ -20,6 +20,7 @@ from gateway._schema import (
     remote_host,
     string_keys,
     unicast,
+    valid_address,
 )
 from gateway.messages import DEFAULT_CHANNEL
 
@@ -90,6 +91,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Where the Prometheus endpoint listens (HTTP, path /metrics)."""
+
+    bind: str = "127.0.0.1"
+    port: int = 9100
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """A whole valid gateway.yaml."""
 
@@ -99,6 +108,7 @@ class GatewayConfig:
     application: str | None
     listeners: tuple[ListenerConfig, ...]
     limits: Limits
+    metrics: MetricsConfig | None = None  # None: no metrics endpoint
 
 
 REMOTE = {
@@ -152,11 +162,16 @@ LIMITS = {
     "interface_poll": Key(float, default=5.0, check=positive),
     "app_timeout": Key(float, default=60.0, check=positive, nullable=True),
 }
+METRICS = {
+    "bind": Key(str, default="127.0.0.1", check=valid_address),
+    "port": Key(int, default=9100, check=in_range(0, 65535)),
+}
 TOP = {
     "channel_layer": Key(dict, default={}, table=LAYER),
     "application": Key(str, check=application_spec),
     "listeners": Key(list, required=True, check=non_empty),
     "limits": Key(dict, default={}, table=LIMITS),
+    "metrics": Key(dict, table=METRICS),
 }
 
 

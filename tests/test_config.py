@@ -501,6 +501,13 @@ ROWS = [
         "limits.reply_ttl: -1.5 is not a positive number",
     ),
     ("limits-not-mapping", doc(P, top=APP + "limits: 5\n"), "gateway.yaml: limits: expected a mapping, got 5"),
+    ("metrics-port-range", doc(P, top=APP + "metrics: {port: 70000}\n"),
+     "gateway.yaml: metrics.port: 70000 is outside 0-65535"),
+    ("metrics-bind-name", doc(P, top=APP + "metrics: {bind: localhost}\n"),
+     "gateway.yaml: metrics.bind: 'localhost' is not a valid IP address"),
+    ("metrics-typo", doc(P, top=APP + "metrics: {prot: 9100}\n"),
+     "gateway.yaml: metrics.prot: unknown key (did you mean 'port'?)"),
+    ("metrics-not-mapping", doc(P, top=APP + "metrics: 9100\n"), "gateway.yaml: metrics: expected a mapping, got 9100"),
 ]
 
 
@@ -619,6 +626,21 @@ def test_app_timeout_default_and_null(load, text, expected):
     """limits.app_timeout defaults to 60 seconds; an explicit null means calls are never timed out."""
     config, problems = load(doc(P, top=APP + text))
     assert problems == [] and config.limits.app_timeout == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", None),
+    ("metrics: null\n", None),
+    ("metrics: {}\n", ("127.0.0.1", 9100)),
+    ("metrics: {bind: '::1', port: 0}\n", ("::1", 0)),
+    ("metrics: {bind: 0.0.0.0, port: 9200}\n", ("0.0.0.0", 9200)),
+])
+def test_metrics_absent_or_defaults(load, text, expected):
+    """Without `metrics` there is no endpoint; a `metrics` mapping defaults to 127.0.0.1 port 9100."""
+    config, problems = load(doc(P, top=APP + text))
+    assert problems == []
+    metrics = config.metrics
+    assert (metrics if metrics is None else (metrics.bind, metrics.port)) == expected
 
 
 def test_bind_interface_expands_to_its_addresses(load):
