@@ -94,8 +94,8 @@ class GatewayService(AsyncService):
         if self.delivery is not None:
             self.delivery(datagram)
             return
-        self.counters.incr("received")
-        drop(self.counters, self.quiet, "not_ready", NOT_READY)
+        self.counters.incr("received", listener=datagram.listener)
+        drop(self.counters, self.quiet, "not_ready", NOT_READY, listener=datagram.listener)
 
     def _make_layer(self):
         layer_config = dict(self.config.channel_layer.config)
