@@ -23,23 +23,26 @@ CALL_TIME = ("app_call_seconds", "Time of one application call, from its start t
 class CountersCollector:
     """A prometheus_client collector that reads Counters when scraped: nothing runs per datagram.
 
-    Counters of `per_listener` get one sample per listener (all of them, from
-    zero); counts made without a listener show as listener="". Every other
-    counter is one sample for the process. `gauges` maps GAUGES names to
+    Counters of `per_listener` get one sample per listener: those `listeners()`
+    names (the configured ones, from zero) and any other one something was
+    counted for; counts made without a listener show as listener="". Every
+    other counter is one sample for the process. `gauges` maps GAUGES names to
     callables read at scrape time.
     """
 
-    def __init__(self, counters, *, listeners=(), per_listener=LISTENER_COUNTERS, per_process=PROCESS_COUNTERS,
+    def __init__(self, counters, *, listeners=tuple, per_listener=LISTENER_COUNTERS, per_process=PROCESS_COUNTERS,
                  gauges=None):
         self.counters = counters
-        self.listeners = tuple(listeners)
+        self.listeners = listeners
         self.per_listener = per_listener
         self.per_process = per_process
         self.gauges = gauges or {}
 
     def collect(self):
+        configured = list(self.listeners())
+        listeners = configured + sorted(self.counters.listener_names() - set(configured))
         for name, text in self.per_listener.items():
-            yield self._per_listener(name, text)
+            yield self._per_listener(name, text, listeners)
         for name, text in self.per_process.items():
             yield CounterMetricFamily(PREFIX + name, text, value=self.counters.get(name))
         for name, value in sorted(self.counters.snapshot().items()):
@@ -49,15 +52,15 @@ class CountersCollector:
             yield GaugeMetricFamily(PREFIX + name, GAUGES[name], value=read())
         yield self._call_time()
 
-    def _per_listener(self, name, text):
+    def _per_listener(self, name, text, listeners):
         family = CounterMetricFamily(PREFIX + name, text, labels=["listener"])
         counted = 0
-        for listener in self.listeners:
+        for listener in listeners:
             value = self.counters.get(name, listener)
             counted += value
             family.add_metric([listener], value)
         rest = self.counters.get(name) - counted
-        if rest or not self.listeners:
+        if rest or not listeners:
             family.add_metric([""], rest)
         return family
 
@@ -68,7 +71,10 @@ class CountersCollector:
 
 
 def gateway_collector(counters, listeners, *, reply_channels, calls_in_flight):
-    """The gateway's collector: every counter, per listener where it belongs, and both gauges."""
+    """The gateway's collector: every counter, per listener where it belongs, and both gauges.
+
+    `listeners()` names the configured listeners at scrape time.
+    """
     return CountersCollector(counters, listeners=listeners, gauges={
         "reply_channels": reply_channels, "app_calls_in_flight": calls_in_flight})
 

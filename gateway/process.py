@@ -75,7 +75,7 @@ class AsyncService(service.Service):
         self.counters = Counters()
         self.quiet = QuietLog()  # monotonic clock
         self.started = None
-        self.metrics = None  # the MetricsEndpoint, once bound
+        self.metrics_endpoint = None  # once bound
         self.hurried = False
         self._bound = False
         self._reactor = reactor
@@ -131,13 +131,13 @@ class AsyncService(service.Service):
         except error.CannotListenError as exc:
             host = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
             raise StartupError(f"metrics: cannot bind {host}:{settings.port}: {exc.socketError}") from None
-        self.metrics = endpoint
+        self.metrics_endpoint = endpoint
         log.info("metrics on {url}", url=url)
 
     async def close_metrics(self):
         """Stop serving /metrics (after the ports: a last scrape still sees the stop's counts)."""
-        if self.metrics is not None:
-            endpoint, self.metrics = self.metrics, None
+        if self.metrics_endpoint is not None:
+            endpoint, self.metrics_endpoint = self.metrics_endpoint, None
             await health.as_future(endpoint.close())
 
     # -- stop ------------------------------------------------------------

@@ -41,7 +41,7 @@ class GatewayService(AsyncService):
                 listener.privilegedStartService()
             self.listeners[listener.name] = listener
         self.serve_metrics(self.config.metrics, metrics.gateway_collector(
-            self.counters, [l.name for l in self.config.listeners],
+            self.counters, lambda: [l.name for l in self.config.listeners],
             reply_channels=lambda: 0 if self.tokens is None else len(self.tokens),
             calls_in_flight=lambda: 0 if self.runner is None else self.runner.active))
 

@@ -88,6 +88,10 @@ class Counters:
         """The process total of `name`, or with `listener` that listener's part of it."""
         return self._counts[name] if listener is None else self._by_listener[name, listener]
 
+    def listener_names(self):
+        """Every listener something was counted for."""
+        return {listener for _name, listener in self._by_listener}
+
     def snapshot(self):
         """A copy of every counter that was ever incremented."""
         return dict(self._counts)

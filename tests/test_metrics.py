@@ -60,7 +60,7 @@ def metrics_url(process):
 
 def test_every_counter_is_exported_at_zero_with_its_labels():
     """Before any event, every counter is there at 0: per-listener ones once per listener, the others once."""
-    scraped = parse(registry_for(gateway_collector(Counters(), ["echo", "ssdp"], reply_channels=lambda: 0,
+    scraped = parse(registry_for(gateway_collector(Counters(), lambda: ["echo", "ssdp"], reply_channels=lambda: 0,
                                                    calls_in_flight=lambda: 0)))
     for name in LISTENER_COUNTERS:
         for listener in ("echo", "ssdp"):
@@ -82,7 +82,7 @@ def test_counts_land_on_their_listener_and_the_process():
     counters.incr("dropped_bad_message", listener="ssdp")
     counters.incr("app_errors")
     gauges = {"channels": 7}
-    scraped = parse(registry_for(gateway_collector(counters, ["echo", "ssdp"],
+    scraped = parse(registry_for(gateway_collector(counters, lambda: ["echo", "ssdp"],
                                                    reply_channels=lambda: gauges["channels"],
                                                    calls_in_flight=lambda: 2)))
     assert scraped.value("udpgateway_received_total", listener="echo") == 3
@@ -98,10 +98,22 @@ def test_counts_without_a_listener_are_not_lost():
     counters = Counters()
     counters.incr("received", 2, listener="echo")
     counters.incr("received")
-    scraped = parse(registry_for(gateway_collector(counters, ["echo"], reply_channels=lambda: 0,
+    scraped = parse(registry_for(gateway_collector(counters, lambda: ["echo"], reply_channels=lambda: 0,
                                                    calls_in_flight=lambda: 0)))
     assert scraped.value("udpgateway_received_total", listener="") == 1
     assert scraped.value("udpgateway_received_total", listener="echo") == 2
+
+
+def test_a_listener_no_longer_configured_keeps_its_samples():
+    """Counts of a listener that is not (or no longer) configured keep their own label, not listener=""."""
+    counters = Counters()
+    counters.incr("received", 5, listener="gone")
+    counters.incr("received", listener="echo")
+    scraped = parse(registry_for(gateway_collector(counters, lambda: ["echo"], reply_channels=lambda: 0,
+                                                   calls_in_flight=lambda: 0)))
+    assert scraped.value("udpgateway_received_total", listener="gone") == 5
+    assert scraped.value("udpgateway_replied_total", listener="gone") == 0
+    assert ("udpgateway_received_total", (("listener", ""),)) not in scraped.samples
 
 
 def test_a_counter_outside_the_tables_is_still_exported():
@@ -143,7 +155,7 @@ def test_registry_is_private_with_process_metrics():
 
     registry = registry_for(worker_collector(Counters(), calls_in_flight=lambda: 0))
     assert registry is not REGISTRY
-    assert "process_resident_memory_bytes" in parse(registry).samples.__repr__()
+    assert "process_resident_memory_bytes" in parse(registry).families
     assert not any(name.startswith("udpgateway_") for name in parse(REGISTRY).families)
 
 
@@ -171,7 +183,7 @@ async def test_gateway_serves_metrics_and_closes_them_at_stop(gateway, client):
     c.send(json.dumps(["WRONG_TYPE", "GOOD"]).encode(), listener_address(service, "other"))
     assert (await c.receive())[0] == b"good"
     await eventually(lambda: service.counters.call_time.count == 4, what="4 calls timed")
-    status, content_type, text = await fetch_async(service.metrics.url)
+    status, content_type, text = await fetch_async(service.metrics_endpoint.url)
     assert status == 200 and content_type.startswith("text/plain; version=")
     scraped = Scrape(text)
     assert scraped.value("udpgateway_received_total", listener="echo") == 3
@@ -182,7 +194,7 @@ async def test_gateway_serves_metrics_and_closes_them_at_stop(gateway, client):
     assert scraped.value("udpgateway_dropped_bad_message_total", listener="echo") == 0
     assert scraped.value("udpgateway_reply_channels") == 2  # one client, two listeners
     assert scraped.value("udpgateway_app_call_seconds_count") == 4
-    url = service.metrics.url
+    url = service.metrics_endpoint.url
     await stop(service)
     with pytest.raises(urllib.error.URLError):
         await fetch_async(url)
@@ -192,10 +204,10 @@ async def test_gateway_serves_metrics_and_closes_them_at_stop(gateway, client):
 async def test_metrics_speak_openmetrics_when_asked_and_404_elsewhere(gateway):
     """The scraper's Accept header picks OpenMetrics; any path but /metrics is 404."""
     service = await gateway(memory_config(), app=apps.Replies.as_asgi())
-    _status, content_type, text = await fetch_async(service.metrics.url, accept="application/openmetrics-text")
+    _status, content_type, text = await fetch_async(service.metrics_endpoint.url, accept="application/openmetrics-text")
     assert content_type.startswith("application/openmetrics-text") and text.rstrip().endswith("# EOF")
     with pytest.raises(urllib.error.HTTPError) as raised:
-        await fetch_async(service.metrics.url.replace("/metrics", "/other"))
+        await fetch_async(service.metrics_endpoint.url.replace("/metrics", "/other"))
     assert raised.value.code == 404
 
 
@@ -203,7 +215,7 @@ async def test_metrics_speak_openmetrics_when_asked_and_404_elsewhere(gateway):
 async def test_no_metrics_key_no_endpoint(gateway):
     """Without `metrics` in the config the gateway opens no HTTP port."""
     service = await gateway(memory_config(metrics=""), app=apps.Replies.as_asgi())
-    assert service.metrics is None
+    assert service.metrics_endpoint is None
 
 
 # -- real twistd and worker processes ---------------------------------------------------------------
