@@ -1,6 +1,7 @@
 """The Prometheus endpoint: the collector's families, and /metrics over real HTTP from real processes."""
 
 import asyncio
+import http.client
 import json
 import re
 import socket
@@ -212,6 +213,37 @@ async def test_metrics_speak_openmetrics_when_asked_and_404_elsewhere(gateway):
 
 
 @aio
+async def test_metrics_on_ipv6_loopback(gateway):
+    """`bind: '::1'` serves /metrics on the IPv6 loopback, and the URL brackets the address."""
+    service = await gateway(memory_config("metrics: {bind: '::1', port: 0}\n"), app=apps.Replies.as_asgi())
+    assert service.metrics_endpoint.url.startswith("http://[::1]:")
+    status, _content_type, text = await fetch_async(service.metrics_endpoint.url)
+    assert status == 200 and Scrape(text).value("udpgateway_received_total", listener="echo") == 0
+
+
+@aio
+async def test_connections_past_the_cap_are_closed_unanswered(gateway):
+    """At most MAX_CONNECTIONS scrapers are connected at once; once they leave, scrapes are answered again."""
+    from gateway.metrics import MAX_CONNECTIONS
+
+    service = await gateway(memory_config(), app=apps.Replies.as_asgi())
+    endpoint = service.metrics_endpoint
+    port = int(endpoint.url.rsplit(":", 1)[1].split("/")[0])
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=DEADLINE))
+        await eventually(lambda: len(endpoint._factory.protocols) == MAX_CONNECTIONS, what="idle connections taken")
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            await fetch_async(endpoint.url)
+    finally:
+        for sock in idle:
+            sock.close()
+    await eventually(lambda: not endpoint._factory.protocols, what="idle connections gone")
+    assert (await fetch_async(endpoint.url))[0] == 200
+
+
+@aio
 async def test_no_metrics_key_no_endpoint(gateway):
     """Without `metrics` in the config the gateway opens no HTTP port."""
     service = await gateway(memory_config(metrics=""), app=apps.Replies.as_asgi())
@@ -229,6 +261,20 @@ def write(tmp_path, text):
     path = tmp_path / "gateway.yaml"
     path.write_text(text)
     return str(path)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", ("127.0.0.1", 9101)),
+    ("metrics: {bind: '::1', port: 9100}\n", ("::1", 9101)),
+])
+def test_worker_metrics_port_option(write_config, text, expected):
+    """`worker --metrics-port` replaces the file's metrics.port, at its bind or 127.0.0.1 when it has none."""
+    from gateway.cli import _with_metrics_port
+    from gateway.config import load_config
+
+    config, _problems = load_config(write_config(memory_config(text)))
+    metrics = _with_metrics_port(config, 9101).metrics
+    assert (metrics.bind, metrics.port) == expected
 
 
 def test_twistd_metrics_over_http(tmp_path, processes):
