@@ -1,11 +1,14 @@
 """Tests for gateway.config: one line per problem with file and key path, or a frozen GatewayConfig."""
 
+import ast
 import dataclasses
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from gateway import _checker as checker_module
+import gateway.config
 from gateway import interfaces
 from gateway.config import (
     GatewayConfig,
@@ -64,7 +67,7 @@ def isolated(monkeypatch):
     """Fixture modules, sys.path, the environment and sysctls are restored or fixed for each test."""
     saved_path = list(sys.path)
     monkeypatch.delenv("UDPGW_TEST_UNSET", raising=False)
-    monkeypatch.setattr(checker_module, "read_sysctl", lambda name: None)
+    monkeypatch.setattr(interfaces, "read_sysctl", lambda name: None)
     yield
     sys.path[:] = saved_path
     for name in [n for n in sys.modules if n.startswith("cfg")]:
@@ -787,10 +790,10 @@ def test_hostile_files_give_lines_not_exceptions(load, text, expected):
 def test_unexpected_exception_in_a_check_is_one_problem(load, monkeypatch):
     """A case the checks missed still gives one problem line naming the file, not a traceback."""
 
-    def broken(self, data):
+    def broken():
         raise TypeError("unhashable type: 'list'")
 
-    monkeypatch.setattr(checker_module.Checker, "_check", broken)
+    monkeypatch.setattr(interfaces, "list_interfaces", broken)
     config, problems = load(doc(P))
     assert config is None
     assert lines(problems) == ["gateway.yaml: cannot check this file (TypeError: unhashable type: 'list')"]
@@ -829,7 +832,8 @@ def test_no_multicast_interface_of_a_family_is_a_warning(load, host):
 
 def test_igmp_sysctl_warnings(load, monkeypatch):
     """Past Linux's igmp_max_memberships or igmp_max_msf a multicast listener gets a warning naming the sysctl."""
-    monkeypatch.setattr(checker_module, "read_sysctl", {"igmp_max_memberships": 3, "igmp_max_msf": 1}.get)
+    sysctls = {"net.ipv4.igmp_max_memberships": 3, "net.ipv4.igmp_max_msf": 1}
+    monkeypatch.setattr(interfaces, "read_sysctl", sysctls.get)
     groups = "[232.1.1.1, 232.1.1.2, 'ff3e::1']"
     text = doc(M.replace("[224.0.0.251]", groups) + ", interfaces: [test0, v4only0], sources: [192.0.2.7, 192.0.2.8]")
     config, problems = load(text)
@@ -910,3 +914,47 @@ def test_describe(load):
         "ssdp: multicast 239.255.255.250 on test0 port 1900, channel ssdp.in",
         "shared: plain on 127.0.0.1 port 7000, reuse_port, channel udp.receive",
     ]
+
+
+def _package_imports():
+    """{module: (modules of gateway.config it imports, every top-level package it imports)}, read from source."""
+    found = {}
+    for source in sorted(Path(gateway.config.__file__).parent.glob("*.py")):
+        names = []
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.append(node.module)
+            elif isinstance(node, ast.Import):
+                names.extend(alias.name for alias in node.names)
+        inside = {name.rpartition(".")[2] for name in names if name.startswith("gateway.config.")}
+        found[source.stem] = (inside, {name.partition(".")[0] for name in names})
+    return found
+
+
+def test_config_package_imports_point_one_way():
+    """The modules of gateway.config import each other without a cycle, and none of them imports Twisted."""
+    graph = _package_imports()
+    assert {"__init__", "model", "schema", "tables", "source", "imports", "checker", "summary"} <= set(graph)
+    assert graph["model"][0] == set() and graph["schema"][0] == set() and graph["source"][0] == set()
+    done, visiting = set(), []
+
+    def visit(name):
+        assert name not in visiting, f"import cycle: {' -> '.join(visiting + [name])}"
+        if name not in done:
+            visiting.append(name)
+            for other in graph[name][0]:
+                visit(other)
+            visiting.pop()
+            done.add(name)
+
+    for name in graph:
+        visit(name)
+    assert not any("twisted" in packages for _, packages in graph.values())
+
+
+@pytest.mark.parametrize("module", sorted(_package_imports()))
+def test_each_config_module_imports_first(module):
+    """Each module of gateway.config imports cleanly as the first thing a fresh interpreter imports."""
+    name = "gateway.config" if module == "__init__" else f"gateway.config.{module}"
+    result = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -1,15 +1,29 @@
 """One config load: read the file, walk the key tables, run host, cross-field and import checks, build."""
 
 import os
+import socket
 
 from gateway import interfaces as ifaces
-from gateway._imports import MEMORY, application_problems, backend_problems, put_first_on_path, read_sysctl
-from gateway._schema import Walker, clash, ip, scoped
-from gateway._source import Unreadable, load_yaml, read_text, substitute_env
-from gateway.config import (
-    _FAMILIES, LIMITS, TOP, GatewayConfig, LayerConfig, Limits, ListenerConfig, Problem, Remote, _listener_table,
-    errors,
+from gateway.config.imports import application_problems, backend_problems, put_first_on_path
+from gateway.config.model import (
+    MEMORY, GatewayConfig, LayerConfig, Limits, ListenerConfig, Problem, Remote, errors,
 )
+from gateway.config.schema import Walker, clash, ip, scoped
+from gateway.config.source import Unreadable, load_yaml, read_text, substitute_env
+from gateway.config.tables import LIMITS, TABLES, TOP, as_floats, listener_table
+
+_FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def load_config(path, *, host_checks=True, imports=True):
+    """(GatewayConfig or None, problems): None when any problem is not a warning. Never raises for user errors.
+
+    host_checks: interfaces and addresses must exist here; imports: import application and backend.
+    """
+    try:
+        return Checker(path, host_checks=host_checks, imports=imports).run()
+    except Exception as exc:  # a case the checks missed still gets one line, not a traceback
+        return None, [Problem(path, "", f"cannot check this file ({type(exc).__name__}: {str(exc)[:200]})")]
 
 
 class Checker:
@@ -78,7 +92,7 @@ class Checker:
 
     def _listener(self, index, raw):
         path = ("listeners", index)
-        table, foreign = _listener_table(raw)
+        table, foreign = listener_table(raw)
         values = self.walker.table(table, raw, path, foreign=foreign)
         kind = values.get("type")
         if kind in ("plain", "connected") and "bind" in values:
@@ -179,7 +193,7 @@ class Checker:
             ("igmp_max_memberships", len(groups) * interface_count, "groups", memberships),
             ("igmp_max_msf", len(sources), "sources", f"{len(sources)} IPv4 sources"),
         ):
-            limit = read_sysctl(name)
+            limit = ifaces.read_sysctl(f"net.ipv4.{name}")
             if limit is not None and count > limit:
                 raise_it = f"raise it: sysctl -w net.ipv4.{name}={count} (and in /etc/sysctl.d/ to keep it)"
                 self.add((*path, key), f"{what} exceed net.ipv4.{name} = {limit}; {raise_it}", warning=True)
@@ -235,8 +249,6 @@ class Checker:
 
     def _build(self):
         layer = self.top["channel_layer"]
-        limits = {key: float(v) if LIMITS[key].type is float and v is not None else v
-                  for key, v in self.top["limits"].items()}
         path = os.path.abspath(self.path)
         return GatewayConfig(
             path=path,
@@ -244,13 +256,13 @@ class Checker:
             channel_layer=LayerConfig(layer.get("backend", MEMORY), dict(layer.get("config", {}))),
             application=self.top.get("application"),
             listeners=tuple(_listener_config(values) for values in self.listeners),
-            limits=Limits(**limits),
+            limits=Limits(**as_floats(LIMITS, self.top["limits"])),
         )
 
 
 def _listener_config(values):
     """The frozen listener from its checked values."""
-    fields = {key: value for key, value in values.items() if value is not None}
-    if "remote" in fields:
+    fields = as_floats(TABLES[values["type"]], values)
+    if fields.get("remote") is not None:
         fields["remote"] = Remote(**fields["remote"])
     return ListenerConfig(**fields)

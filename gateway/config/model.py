@@ -1,30 +1,11 @@
-"""gateway.yaml → every problem with its key path, or frozen dataclasses the runtime code reads."""
+"""The checked config as frozen dataclasses, and Problem: what runtime code and `check` read."""
 
-import socket
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from gateway._imports import MEMORY
-from gateway._schema import (
-    Key,
-    application_spec,
-    at_least,
-    channel_name,
-    import_format,
-    in_range,
-    interface_spec,
-    multicast_group,
-    non_empty,
-    one_of,
-    positive,
-    remote_host,
-    string_keys,
-    unicast,
-)
 from gateway.messages import DEFAULT_CHANNEL
 
-KINDS = ("plain", "connected", "multicast")
-_FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+MEMORY = "memory"  # the built-in channel layer's backend name
 
 
 @dataclass(frozen=True)
@@ -39,6 +20,11 @@ class Problem:
     def __str__(self):
         """`file: key: message`, or `file: message` for file-level problems (callers mark warnings)."""
         return f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
+
+
+def errors(problems):
+    """The problems that are not warnings."""
+    return [problem for problem in problems if not problem.warning]
 
 
 @dataclass(frozen=True)
@@ -99,126 +85,3 @@ class GatewayConfig:
     application: str | None
     listeners: tuple[ListenerConfig, ...]
     limits: Limits
-
-
-REMOTE = {
-    "host": Key(str, required=True, check=remote_host),
-    "port": Key(int, required=True, check=in_range(1, 65535)),
-}
-COMMON = {
-    "name": Key(str, required=True, check=non_empty),
-    "type": Key(str, required=True, check=one_of(*KINDS)),
-    "port": Key(int, required=True, check=in_range(0, 65535)),
-    "channel": Key(str, default=DEFAULT_CHANNEL, check=channel_name),
-}
-_SOCKET = {
-    "bind": Key(str, required=True, check=interface_spec),
-    "reuse_port": Key(bool, default=False),
-}
-_SEND_CHANNEL = Key(str, check=channel_name)
-TABLES = {
-    "plain": {**COMMON, **_SOCKET},
-    "connected": {
-        **COMMON,
-        **_SOCKET,
-        "remote": Key(dict, required=True, table=REMOTE),
-        "send_channel": _SEND_CHANNEL,
-    },
-    "multicast": {
-        **COMMON,
-        "groups": Key(list, required=True, item=Key(str, check=multicast_group), check=non_empty),
-        "sources": Key(list, default=(), item=Key(str, check=unicast)),
-        "interfaces": Key(list, default=(), item=Key(str, check=interface_spec)),
-        "ttl": Key(int, default=1, check=in_range(0, 255)),
-        "loopback": Key(bool, default=True),
-        "send_channel": _SEND_CHANNEL,
-    },
-}
-# Keys of other kinds whose message says more than "needs a <kind> listener".
-_NOT_ON_MULTICAST = "is not allowed on a multicast listener"
-FOREIGN = {
-    ("multicast", "bind"): f"bind {_NOT_ON_MULTICAST} (it binds the wildcard address; use interfaces)",
-    ("multicast", "reuse_port"): f"reuse_port {_NOT_ON_MULTICAST} (multicast ports are always shared)",
-}
-LAYER = {
-    "backend": Key(str, default=MEMORY, check=lambda value: None if value == MEMORY else import_format(value)),
-    "config": Key(dict, default={}, check=string_keys),
-}
-LIMITS = {
-    "reply_ttl": Key(float, default=60.0, check=positive),
-    "max_reply_channels": Key(int, default=100000, check=at_least(1)),
-    "max_concurrency": Key(int, default=1000, check=at_least(1)),
-    "max_layer_sends": Key(int, default=50, check=at_least(1)),
-    "interface_poll": Key(float, default=5.0, check=positive),
-    "app_timeout": Key(float, default=60.0, check=positive, nullable=True),
-}
-TOP = {
-    "channel_layer": Key(dict, default={}, table=LAYER),
-    "application": Key(str, check=application_spec),
-    "listeners": Key(list, required=True, check=non_empty),
-    "limits": Key(dict, default={}, table=LIMITS),
-}
-
-
-def _listener_table(raw):
-    """(table, foreign-key messages) for a listener; every kind's keys when its type is unknown."""
-    kind = raw.get("type") if isinstance(raw, dict) else None
-    if not isinstance(kind, str) or kind not in TABLES:
-        merged = {k: replace(s, required=False) for t in TABLES.values() for k, s in t.items()}
-        return {**merged, **COMMON}, {}
-    foreign = {}
-    for table in TABLES.values():
-        for key in table.keys() - TABLES[kind].keys():
-            owners = " or ".join(k for k in KINDS if key in TABLES[k])
-            foreign[key] = FOREIGN.get((kind, key), f"{key} needs a {owners} listener")
-    return TABLES[kind], foreign
-
-
-def load_config(path, *, host_checks=True, imports=True):
-    """(GatewayConfig or None, problems): None when any problem is not a warning. Never raises for user errors.
-
-    host_checks: interfaces and addresses must exist here; imports: import application and backend.
-    """
-    from gateway._checker import Checker
-
-    try:
-        return Checker(path, host_checks=host_checks, imports=imports).run()
-    except Exception as exc:  # a case the checks missed still gets one line, not a traceback
-        return None, [Problem(path, "", f"cannot check this file ({type(exc).__name__}: {str(exc)[:200]})")]
-
-
-def errors(problems):
-    """The problems that are not warnings."""
-    return [problem for problem in problems if not problem.warning]
-
-
-def describe(config):
-    """One summary line per listener, for `udpgateway check`."""
-    return [_describe_listener(listener) for listener in config.listeners]
-
-
-def _describe_listener(listener):
-    """`name: kind where port N[ to remote], channel C[, send_channel S]`."""
-    if listener.type == "multicast":
-        where = ", ".join(listener.interfaces) or "all multicast interfaces"
-        text = f"{listener.name}: multicast {', '.join(listener.groups)} on {where} port {listener.port}"
-        if listener.sources:
-            text += f" from {', '.join(listener.sources)}"
-    else:
-        where = ", ".join(listener.bind)
-        if listener.bind_interface and listener.bind != (listener.bind_interface,):
-            where = f"{listener.bind_interface} ({where})"
-        port = f"{listener.port} (ephemeral)" if listener.port == 0 else str(listener.port)
-        text = f"{listener.name}: {listener.type} on {where} port {port}"
-        if listener.remote:
-            text += f" to {_host_port(listener.remote.host, listener.remote.port)}"
-        if listener.reuse_port:
-            text += ", reuse_port"
-    text += f", channel {listener.channel}"
-    if listener.send_channel:
-        text += f", send_channel {listener.send_channel}"
-    return text
-
-
-def _host_port(host, port):
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,4 +1,4 @@
-"""Helpers of config.py: Key tables and their walker, and the value checks."""
+"""Key: one key of a table; Walker: checks data against tables, collecting problems; the value checks."""
 
 import difflib
 import ipaddress
