@@ -6,11 +6,11 @@ import socket
 from gateway import interfaces as ifaces
 from gateway.config.imports import application_problems, backend_problems, put_first_on_path
 from gateway.config.model import (
-    MEMORY, GatewayConfig, LayerConfig, Limits, ListenerConfig, Problem, Remote, errors,
+    MEMORY, GatewayConfig, LayerConfig, Limits, ListenerConfig, Metrics, Problem, RateLimit, Remote, errors,
 )
-from gateway.config.schema import Walker, clash, ip, scoped
+from gateway.config.schema import Walker, clash, ip, ip_network, scoped
 from gateway.config.source import Unreadable, load_yaml, read_text, substitute_env
-from gateway.config.tables import LIMITS, TABLES, TOP, as_floats, listener_table
+from gateway.config.tables import LIMITS, RATE_LIMIT, TABLES, TOP, as_floats, listener_table
 
 _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 
@@ -84,6 +84,8 @@ class Checker:
         self._duplicate_names()
         self._duplicate_binds()
         self._send_channels()
+        if self.top.get("metrics") and "bind" in self.top["metrics"]:
+            self._metrics_bind(self.top["metrics"])
         layer = self.top.get("channel_layer")
         if layer is not None and layer.get("backend", MEMORY) == MEMORY and data.get("application") is None:
             self.add(("application",), "required with the memory backend: nobody else could answer")
@@ -101,6 +103,9 @@ class Checker:
             self._remote_family(values, path)
         if kind == "multicast":
             self._multicast(values, path)
+        for key in ("allow", "deny"):
+            if key in values:
+                values[key] = tuple(ip_network(text) for text in values[key])
         return values
 
     # plain and connected: bind, remote
@@ -125,6 +130,11 @@ class Checker:
         if address.version == 6 and address.is_link_local and not address.scope_id:
             address = ip(f"{address}%{interface.name}")  # a link-local bind needs its scope
         return (str(address),)
+
+    def _metrics_bind(self, metrics):
+        bind = self._bind_address(metrics.pop("bind"), ("metrics", "bind"))
+        if bind is not None:
+            metrics["bind"] = bind[0]
 
     def _bind_interface(self, name, where):
         if not self.host_checks:
@@ -249,6 +259,7 @@ class Checker:
 
     def _build(self):
         layer = self.top["channel_layer"]
+        metrics = self.top.get("metrics")
         path = os.path.abspath(self.path)
         return GatewayConfig(
             path=path,
@@ -257,6 +268,7 @@ class Checker:
             application=self.top.get("application"),
             listeners=tuple(_listener_config(values) for values in self.listeners),
             limits=Limits(**as_floats(LIMITS, self.top["limits"])),
+            metrics=None if metrics is None else Metrics(**metrics),
         )
 
 
@@ -265,4 +277,6 @@ def _listener_config(values):
     fields = as_floats(TABLES[values["type"]], values)
     if fields.get("remote") is not None:
         fields["remote"] = Remote(**fields["remote"])
+    if fields.get("rate_limit") is not None:
+        fields["rate_limit"] = RateLimit(**as_floats(RATE_LIMIT, fields["rate_limit"]))
     return ListenerConfig(**fields)

@@ -1,11 +1,14 @@
 """The checked config as frozen dataclasses, and Problem: what runtime code and `check` read."""
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from gateway.messages import DEFAULT_CHANNEL
 
 MEMORY = "memory"  # the built-in channel layer's backend name
+RECEIVE_BUFFER = 4 * 1024 * 1024  # SO_RCVBUF asked for when `rcvbuf` is not given
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,20 @@ class Remote:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """A token bucket per source address: `rate` datagrams a second, bursts of up to `burst`."""
+
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
-    """One listener; `bind` holds resolved addresses, `interfaces` the specs as written."""
+    """One listener; `bind` holds resolved addresses, `interfaces` the specs as written.
+
+    `allow`/`deny` hold networks (a bare address is a /32 or /128); `amplification` None is no cap,
+    `sndbuf` None the system's default.
+    """
 
     name: str
     type: str
@@ -61,6 +76,12 @@ class ListenerConfig:
     interfaces: tuple[str, ...] = ()
     ttl: int = 1
     loopback: bool = True
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    rate_limit: RateLimit | None = None
+    amplification: float | None = 10.0
+    rcvbuf: int = RECEIVE_BUFFER
+    sndbuf: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,11 +94,20 @@ class Limits:
     max_layer_sends: int = 50
     interface_poll: float = 5.0
     app_timeout: float | None = 60.0  # None: application calls may run for ever
+    max_sources: int = 100000
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Where the Prometheus endpoint listens (HTTP)."""
+
+    bind: str = "127.0.0.1"
+    port: int = 9100
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """A whole valid gateway.yaml."""
+    """A whole valid gateway.yaml; `metrics` is None when the file has none."""
 
     path: str
     directory: str
@@ -85,3 +115,4 @@ class GatewayConfig:
     application: str | None
     listeners: tuple[ListenerConfig, ...]
     limits: Limits
+    metrics: Metrics | None = None

@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from gateway.config.model import MEMORY
+from gateway.config.model import MEMORY, RECEIVE_BUFFER
 from gateway.config.schema import (
     Key,
     application_spec,
@@ -12,20 +12,27 @@ from gateway.config.schema import (
     in_range,
     interface_spec,
     multicast_group,
+    network,
     non_empty,
     one_of,
     positive,
     remote_host,
     string_keys,
     unicast,
+    valid_address,
 )
 from gateway.messages import DEFAULT_CHANNEL
 
 KINDS = ("plain", "connected", "multicast")
+MAX_BUFFER = 1 << 30  # Linux halves SO_RCVBUF/SO_SNDBUF asks past INT_MAX / 2 anyway
 
 REMOTE = {
     "host": Key(str, required=True, check=remote_host),
     "port": Key(int, required=True, check=in_range(1, 65535)),
+}
+RATE_LIMIT = {
+    "rate": Key(float, required=True, check=positive),
+    "burst": Key(int, required=True, check=at_least(1)),
 }
 COMMON = {
     "name": Key(str, required=True, check=non_empty),
@@ -37,14 +44,25 @@ _SOCKET = {
     "bind": Key(str, required=True, check=interface_spec),
     "reuse_port": Key(bool, default=False),
 }
+# Who may talk, how fast, how much goes back, and the socket's buffers: every kind takes these.
+_TRAFFIC = {
+    "allow": Key(list, default=(), item=Key(str, check=network),
+                 check=lambda value: None if value else "must not be empty (leave allow out to serve every source)"),
+    "deny": Key(list, default=(), item=Key(str, check=network)),
+    "rate_limit": Key(dict, table=RATE_LIMIT),
+    "amplification": Key(float, default=10.0, check=positive, nullable=True),
+    "rcvbuf": Key(int, default=RECEIVE_BUFFER, check=in_range(1, MAX_BUFFER)),
+    "sndbuf": Key(int, check=in_range(1, MAX_BUFFER)),
+}
 _SEND_CHANNEL = Key(str, check=channel_name)
 TABLES = {
-    "plain": {**COMMON, **_SOCKET},
+    "plain": {**COMMON, **_SOCKET, **_TRAFFIC},
     "connected": {
         **COMMON,
         **_SOCKET,
         "remote": Key(dict, required=True, table=REMOTE),
         "send_channel": _SEND_CHANNEL,
+        **_TRAFFIC,
     },
     "multicast": {
         **COMMON,
@@ -54,6 +72,7 @@ TABLES = {
         "ttl": Key(int, default=1, check=in_range(0, 255)),
         "loopback": Key(bool, default=True),
         "send_channel": _SEND_CHANNEL,
+        **_TRAFFIC,
     },
 }
 # Keys of other kinds whose message says more than "needs a <kind> listener".
@@ -73,12 +92,18 @@ LIMITS = {
     "max_layer_sends": Key(int, default=50, check=at_least(1)),
     "interface_poll": Key(float, default=5.0, check=positive),
     "app_timeout": Key(float, default=60.0, check=positive, nullable=True),
+    "max_sources": Key(int, default=100000, check=at_least(1)),
+}
+METRICS = {
+    "bind": Key(str, default="127.0.0.1", check=valid_address),
+    "port": Key(int, default=9100, check=in_range(0, 65535)),
 }
 TOP = {
     "channel_layer": Key(dict, default={}, table=LAYER),
     "application": Key(str, check=application_spec),
     "listeners": Key(list, required=True, check=non_empty),
     "limits": Key(dict, default={}, table=LIMITS),
+    "metrics": Key(dict, table=METRICS),
 }
 
 
