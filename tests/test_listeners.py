@@ -18,7 +18,7 @@ from listeners.base import Route, display_address
 from listeners.ports import (
     GatewayMulticastPort, GatewayPort, _PortProtocol, capped_message, size_buffers, socket_address,
 )
-from tests.support import aio
+from tests.support import aio, eventually
 
 
 def make(kind="plain", **overrides):
@@ -322,7 +322,7 @@ async def test_capped_buffers_give_one_warning_per_listener(monkeypatch):
         ]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             client.sendto(b"still served", listener.addresses()[0])
-            await _until(lambda: received)
+            await eventually(lambda: received, what="the datagram")
         assert received[0].data == b"still served"
     finally:
         await Deferred.asFuture(listener.stopService(), asyncio.get_event_loop())
