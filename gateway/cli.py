@@ -58,9 +58,9 @@ def _with_metrics_port(config, port):
     """The config with metrics on `port` (at the file's metrics.bind, or 127.0.0.1 when it has none)."""
     from dataclasses import replace
 
-    from gateway.config import MetricsConfig
+    from gateway.config import Metrics
 
-    return replace(config, metrics=replace(config.metrics or MetricsConfig(), port=port))
+    return replace(config, metrics=replace(config.metrics or Metrics(), port=port))
 
 
 def _run_service(reactor, config, app, channels):

@@ -186,3 +186,13 @@ def test_real_host_127_0_0_2_is_loopback():
     if not interfaces.LINUX:
         pytest.skip("only Linux answers on all of 127.0.0.0/8")
     assert find_interface("127.0.0.2").loopback
+
+
+@pytest.mark.skipif(not interfaces.LINUX, reason="/proc/sys is Linux's")
+def test_read_sysctl_reads_proc_sys():
+    """read_sysctl reads a net sysctl as /proc/sys shows it, and gives None for unknown or non-net names."""
+    with open("/proc/sys/net/core/rmem_max") as file:
+        assert interfaces.read_sysctl("net.core.rmem_max") == int(file.read())
+    assert interfaces.read_sysctl("net.ipv4.no_such_sysctl") is None
+    assert interfaces.read_sysctl("kernel.pid_max") is None
+    assert interfaces.read_sysctl("net.ipv4/../../kernel.pid_max") is None

@@ -3,6 +3,7 @@
 import signal
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -77,6 +78,26 @@ def test_twistd_logs_each_listener_with_its_real_port(tmp_path, processes):
     gateway = processes.start(GatewayProcess(write(tmp_path, text, echoapp=ECHO_APP)))
     assert gateway.port("a") > 0 and gateway.port("b") > 0
     assert gateway.listeners["b"][0][0] == "::1"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux caps buffers at net.core.rmem_max")
+def test_twistd_warns_once_when_linux_caps_rcvbuf(tmp_path, processes):
+    """A listener asking for more than net.core.rmem_max gets one startup warning naming the sysctl command;
+    one within it gets none, and both serve."""
+    with open("/proc/sys/net/core/rmem_max") as file:
+        rmem_max = int(file.read())
+    asked = min(2 * rmem_max, 1 << 30)
+    text = ("application: echoapp:application\nlisteners:\n"
+            f"  - {{name: big, type: plain, bind: 127.0.0.1, port: 0, rcvbuf: {asked}}}\n"
+            "  - {name: small, type: plain, bind: 127.0.0.1, port: 0, rcvbuf: 65536, sndbuf: 65536}\n")
+    gateway = processes.start(GatewayProcess(write(tmp_path, text, echoapp=ECHO_APP)))
+    for name in ("big", "small"):
+        assert udp_exchange(gateway.port(name), b"hello") == (b"hello", ("127.0.0.1", gateway.port(name)))
+    line = gateway.wait_for("capped")
+    assert line.endswith(f"listener big: SO_RCVBUF capped at {rmem_max} bytes (asked {asked}): raise it with "
+                         f"`sysctl -w net.core.rmem_max={asked}` (and in /etc/sysctl.d/ to keep it)")
+    assert gateway.count("capped") == 1
+    assert gateway.stop() == 0
 
 
 def test_twistd_refuses_bad_config_with_exit_2(tmp_path, processes):
