@@ -17,6 +17,7 @@ included) is stopped by PID, even when a start fails.
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from echo_bench import BIN, REPO, latency, start, start_redis, stop, throughput  # noqa: E402
+from echo_bench import (  # noqa: E402
+    BIN, CHILDREN, REPO, _terminated, latency, start, start_redis, stop, stop_children, throughput)
 
 HERE = Path(__file__).resolve().parent
 STOCK = "channels_redis.core.RedisChannelLayer"
@@ -91,9 +93,11 @@ def run_udp_row(kind, backend, workers, redis_port, tmp, processes, args, redis_
     env = environment(redis_port, backend)
     for _ in range(workers):
         if kind == "runworker":  # it logs nothing when ready: the warm-up below waits for its first answer
-            processes.append(subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
-                                              cwd=str(REPO / "examples" / "django_worker"),
-                                              env=dict(env, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL))
+            runworker = subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
+                                         cwd=str(REPO / "examples" / "django_worker"),
+                                         env=dict(env, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL)
+            CHILDREN.append(runworker)  # stopped by PID with the others, whatever happens
+            processes.append(runworker)
         else:
             argv = [str(BIN / "udpgateway"), "worker", "-c", config]
             processes.append(start_with(env, argv, r"udpgateway worker consuming", tmp)[0])
@@ -183,17 +187,18 @@ def main(argv=None):
     args.pings, args.count, args.window, args.budget = (20, 200, 16, 5.0) if args.smoke else (500, 40000, 64, 20.0)
     selected = [r for r in rows(args.smoke) if not args.only or args.only in r[0]]
     results = []
+    signal.signal(signal.SIGTERM, _terminated)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "echo.py").write_text((REPO / "examples" / "echo.py").read_text())
-        redis, port = start_redis(tmp)
         try:
+            redis, port = start_redis(tmp)
             print(f"{'row':<16} {'p50 us':>9} {'p99 us':>9} {'round trips/s':>13} {'CPU us/rt':>10} "
                   f"{'answered/sent':>19}", flush=True)
             for row in selected:
                 flushall(port)
                 results.append(measure(row, port, redis.pid, tmp, args))
         finally:
-            stop(redis)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+            stop_children()  # each child by PID, redis-server last
     print(headline(results), flush=True)
     return 0 if all(r["answered"] for r in results) else 1
 

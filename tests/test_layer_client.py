@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from gateway.layers import InMemoryChannelLayer, LayerClient, make_layer
-from tests.support import aio
+from tests.support import DEADLINE, aio, eventually
 
 STOCK = "channels_redis.core.RedisChannelLayer"
 BATCHING = "gateway.layers.batching.BatchingRedisChannelLayer"
@@ -28,8 +28,8 @@ async def test_other_layers_keep_their_own_receive():
     assert await client.receive_prefixed("udp.send.g!", timeout=0.05) is None
 
 
-async def _consume_all(clients, channel, expected):
-    """Every message's "n" that `clients` receive from `channel` until `expected` arrived (bounded)."""
+async def _consume_all(clients, sender, channel, expected):
+    """Every "n" that `clients` receive from `channel`: 0 to expected-1, then two markers `sender` sends last."""
     got = []
 
     async def consume(client):
@@ -38,12 +38,11 @@ async def _consume_all(clients, channel, expected):
 
     consumers = [asyncio.ensure_future(consume(client)) for client in clients]
     try:
-        for _ in range(500):
-            if len(got) >= expected:
-                break
-            await asyncio.sleep(0.01)
-        for _ in range(5):  # a duplicate would arrive right behind
-            await asyncio.sleep(0)
+        await eventually(lambda: set(got) >= set(range(expected)), what=f"all {expected} messages")
+        # Two markers, sent last: a second copy of an earlier message would be popped before them.
+        for n in (expected, expected + 1):
+            await sender.send(channel, {"type": "udp.receive", "n": n})
+        await eventually(lambda: {expected, expected + 1} <= set(got), what="both markers")
     finally:
         for task in consumers:
             task.cancel()
@@ -58,8 +57,8 @@ async def test_two_receivers_share_a_channel_without_duplicates(redis_server, ba
     sender, first, second = (LayerClient(_layer([redis_server], backend, capacity=1000), 50) for _ in range(3))
     try:
         await asyncio.gather(*(sender.send("udp.receive", {"type": "udp.receive", "n": n}) for n in range(300)))
-        got = await _consume_all([first, second], "udp.receive", 300)
-        assert sorted(got) == list(range(300))
+        got = await _consume_all([first, second], sender, "udp.receive", 300)
+        assert sorted(got) == list(range(302))
     finally:
         for client in (sender, first, second):
             await client.close()
@@ -73,10 +72,10 @@ async def test_process_specific_names_and_timeouts(redis_server, backend):
     try:
         name = await client.new_channel("udp.send")
         await client.send(name, {"type": "udp.send", "data": b"x"})
-        assert await client.receive(name, timeout=5) == {"type": "udp.send", "data": b"x"}
+        assert await client.receive(name, timeout=DEADLINE) == {"type": "udp.send", "data": b"x"}
         await client.send(name, {"type": "udp.send", "data": b"y"})
         prefix = name.split("!")[0] + "!"
-        assert await client.receive_prefixed(prefix, timeout=5) == (name, {"type": "udp.send", "data": b"y"})
+        assert await client.receive_prefixed(prefix, timeout=DEADLINE) == (name, {"type": "udp.send", "data": b"y"})
         assert await client.receive_prefixed(prefix, timeout=0.05) is None
         assert await client.receive("udp.receive", timeout=0.05) is None
     finally:
@@ -104,7 +103,7 @@ async def test_every_reply_arrives_with_several_hosts(redis_trio, hosts, sender_
         await asyncio.gather(*(worker.send(name, {"type": "udp.send", "n": n}) for n, name in enumerate(names)))
         received = {}
         for _ in range(200):
-            got = await gateway.receive_prefixed(prefix, timeout=5)
+            got = await gateway.receive_prefixed(prefix, timeout=DEADLINE)
             assert got is not None, f"{len(received)} of 200 replies arrived"
             received[got[0]] = got[1]["n"]
         assert received == {name: n for n, name in enumerate(names)}
@@ -125,7 +124,7 @@ async def test_normal_channel_sends_reach_receivers_on_every_host(redis_trio, se
     receiver = LayerClient(_layer(redis_trio, backend, capacity=1000))
     try:
         await asyncio.gather(*(sender.send("udp.receive", {"type": "udp.receive", "n": n}) for n in range(90)))
-        assert sorted(await _consume_all([receiver], "udp.receive", 90)) == list(range(90))
+        assert sorted(await _consume_all([receiver], sender, "udp.receive", 90)) == list(range(92))
     finally:
         await sender.close()
         await receiver.close()
