@@ -161,8 +161,13 @@ class _LoopState:
         index = layer.consistent_hash(channel) if channel.endswith("!") else 0
         score = time.time() - 1  # ahead of what was sent since
         args = [arg for member in members for arg in (score, member)]
+        # A connection this loop already has to that host (its pop rounds made one): no new
+        # per-loop object while channels_redis closes the loop.
+        wire = next((w for (_owner, i), w in self.wires.items() if i == index), None)
+        if wire is None:
+            return  # never connected there: lost, as popped messages may be
         try:
-            await layer._wire(None, index).command(b"ZADD", key, *args)
+            await wire.command(b"ZADD", key, *args)
         except (RedisError, OSError):  # at stop, with Redis gone: they are lost, as popped messages may be
             pass
 
