@@ -38,7 +38,14 @@ class Problem:
 
     def __str__(self):
         """`file: key: message`, or `file: message` for file-level problems (callers mark warnings)."""
-        return f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
+        text = f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
+        return text if text.isprintable() else _one_line(text)
+
+
+def _one_line(text):
+    """Control characters and line breaks written as escapes: a key or value from the file may hold them,
+    and a problem is one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,7 @@ TOP = {
 def _listener_table(raw):
     """(table, foreign-key messages) for a listener; every kind's keys when its type is unknown."""
     kind = raw.get("type") if isinstance(raw, dict) else None
-    if kind not in TABLES:
+    if not isinstance(kind, str) or kind not in TABLES:  # `type: []` is unhashable
         merged = {k: replace(s, required=False) for t in TABLES.values() for k, s in t.items()}
         return {**merged, **COMMON}, {}
     foreign = {}
