@@ -1,4 +1,4 @@
-"""The benchmark runs (a seconds-long smoke; real figures come from running it by hand)."""
+"""The benchmarks run (seconds-long smokes; real figures come from running them by hand)."""
 
 import shutil
 import subprocess
@@ -9,17 +9,21 @@ import pytest
 
 from tests.support import skip_or_fail
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "echo_bench.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.mark.parametrize("extra", [[], ["--redis"]], ids=["memory", "redis"])
-def test_echo_benchmark_smoke(extra):
-    """benchmarks/echo_bench.py --smoke measures the raw echo and the gateway (and over Redis) and prints ratios."""
-    if extra and shutil.which("redis-server") is None:
+@pytest.mark.parametrize("script, extra, expected", [
+    ("echo_bench.py", [], ["ratios gateway/raw"]),
+    ("echo_bench.py", ["--redis"], ["ratios gateway/raw", "ratios redis/raw"]),
+    ("soak.py", [], ["unaccounted 0", "exit status 0 on SIGTERM", "result: PASS"]),
+], ids=["memory", "redis", "soak"])
+def test_benchmark_smoke(script, extra, expected):
+    """Each benchmark's --smoke runs to the end and prints its figures: echo_bench.py measures the raw echo and
+    the gateway (and over Redis) and prints ratios; soak.py accounts for every datagram and the gateway exits 0."""
+    if "--redis" in extra and shutil.which("redis-server") is None:
         skip_or_fail("redis-server is not installed (apt-get install redis-server)")
-    done = subprocess.run([sys.executable, str(BENCH), "--smoke", *extra], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke", *extra], capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "ratios gateway/raw" in done.stdout
-    if extra:
-        assert "ratios redis/raw" in done.stdout
+    for text in expected:
+        assert text in done.stdout, done.stdout
