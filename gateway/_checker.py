@@ -5,7 +5,7 @@ import os
 from gateway import interfaces as ifaces
 from gateway._imports import MEMORY, application_problems, backend_problems, put_first_on_path, read_sysctl
 from gateway._schema import Walker, clash, ip, scoped
-from gateway._source import load_yaml, substitute_env
+from gateway._source import Unreadable, load_yaml, read_text, substitute_env
 from gateway.config import (
     _FAMILIES, LIMITS, TOP, GatewayConfig, LayerConfig, Limits, ListenerConfig, Problem, Remote, _listener_table,
     errors,
@@ -45,12 +45,11 @@ class Checker:
     def _read(self):
         """The parsed YAML ({} for an empty file), or None after file-level problems."""
         try:
-            with open(self.path, encoding="utf-8") as file:
-                text = file.read()
+            text = read_text(self.path)
         except OSError as exc:
             return self._file_problem("", f"cannot read: {exc.strerror or exc}")
-        except UnicodeDecodeError as exc:
-            return self._file_problem("", f"cannot read: not UTF-8 ({exc.reason} at byte {exc.start})")
+        except Unreadable as exc:
+            return self._file_problem("", f"cannot read: {exc}")
         text, unset = substitute_env(text, os.environ)
         for line, message in unset:
             self._file_problem(f":{line}", message)
@@ -236,7 +235,8 @@ class Checker:
 
     def _build(self):
         layer = self.top["channel_layer"]
-        limits = {key: float(v) if LIMITS[key].type is float else v for key, v in self.top["limits"].items()}
+        limits = {key: float(v) if LIMITS[key].type is float and v is not None else v
+                  for key, v in self.top["limits"].items()}
         path = os.path.abspath(self.path)
         return GatewayConfig(
             path=path,

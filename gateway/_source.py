@@ -1,8 +1,31 @@
-"""Config text to data: ${VAR} substitution and YAML loading with line:column problems."""
+"""Config text to data: a bounded read, ${VAR} substitution and YAML loading with line:column problems."""
 
+import os
 import re
 
 import yaml
+
+MAX_BYTES = 1024 * 1024  # a gateway.yaml is a few KiB; past this it is not one
+MAX_DEPTH = 64           # nesting levels; PyYAML's composer recurses per level and overflows near 490
+
+
+class Unreadable(Exception):
+    """The file cannot be read as a config; the message says why."""
+
+
+def read_text(path):
+    """The file's text: refused by size before it is read whole, and unless it is UTF-8."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > MAX_BYTES:
+            raise Unreadable(f"larger than 1 MiB ({size} bytes): not a config file")
+        raw = file.read(MAX_BYTES + 1)  # st_size is 0 for pipes and devices: never read more than this
+    if len(raw) > MAX_BYTES:
+        raise Unreadable("larger than 1 MiB: not a config file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Unreadable(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 # $$, ${BODY}, or a "${" that is never closed on its line.
 _REFERENCE = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<body>[^}\n]*)\}|(?P<open>\{))")
@@ -42,11 +65,31 @@ def _expand(match, environ, number, problems):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also notes keys repeated within one mapping (PyYAML keeps the last silently)."""
+    """SafeLoader that notes keys repeated within one mapping (PyYAML keeps the last silently),
+    refuses nesting past MAX_DEPTH, and reports values Python cannot build at their line."""
 
     def __init__(self, stream):
-        super().__init__(stream)
         self.duplicates = []
+        self._depth = 0
+        super().__init__(stream)
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:  # int("1" * 5000), 2001-13-45, ...
+            what = node.tag.rpartition(":")[2] or "value"
+            raise yaml.constructor.ConstructorError(None, None, f"not a valid {what}: {str(exc).split(';')[0]}",
+                                                    node.start_mark) from None
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -63,15 +106,32 @@ def load_yaml(text):
 
     Duplicate keys are problems too, but the data is still usable (ok is True).
     """
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader checks every character here
+    except yaml.reader.ReaderError as exc:
+        return False, None, [_reader_problem(text, exc)]
+    except yaml.YAMLError as exc:
+        return False, None, [("", " ".join(str(exc).split()))]
     try:
         return True, loader.get_single_data(), loader.duplicates
     except yaml.MarkedYAMLError as exc:
         return False, None, [_marked_problem(exc)]
     except yaml.YAMLError as exc:
         return False, None, [("", " ".join(str(exc).split()))]
+    except RecursionError:  # merge keys (<<) nested past the stack; MAX_DEPTH stops plain nesting first
+        return False, None, [("", "nested too deeply to load")]
     finally:
         loader.dispose()
+
+
+def _reader_problem(text, exc):
+    """(line:column, message) for a character YAML does not allow (NUL, other control bytes)."""
+    if not isinstance(exc.character, int):  # bytes input only: we always pass text
+        return "", " ".join(str(exc).split())
+    line = text.count("\n", 0, exc.position) + 1
+    column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+    name = f"U+{exc.character:04X}"
+    return f"{line}:{column}", f"character {name} is not allowed in YAML (a control character?)"
 
 
 def _marked_problem(exc):

@@ -93,6 +93,7 @@ class Limits:
     max_concurrency: int = 1000
     max_layer_sends: int = 50
     interface_poll: float = 5.0
+    app_timeout: float | None = 60.0  # None: application calls may run for ever
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ LIMITS = {
     "max_concurrency": Key(int, default=1000, check=at_least(1)),
     "max_layer_sends": Key(int, default=50, check=at_least(1)),
     "interface_poll": Key(float, default=5.0, check=positive),
+    "app_timeout": Key(float, default=60.0, check=positive, nullable=True),
 }
 TOP = {
     "channel_layer": Key(dict, default={}, table=LAYER),
@@ -168,7 +170,7 @@ TOP = {
 def _listener_table(raw):
     """(table, foreign-key messages) for a listener; every kind's keys when its type is unknown."""
     kind = raw.get("type") if isinstance(raw, dict) else None
-    if not isinstance(kind, str) or kind not in TABLES:  # `type: []` is unhashable
+    if not isinstance(kind, str) or kind not in TABLES:
         merged = {k: replace(s, required=False) for t in TABLES.values() for k, s in t.items()}
         return {**merged, **COMMON}, {}
     foreign = {}
@@ -186,7 +188,10 @@ def load_config(path, *, host_checks=True, imports=True):
     """
     from gateway._checker import Checker
 
-    return Checker(path, host_checks=host_checks, imports=imports).run()
+    try:
+        return Checker(path, host_checks=host_checks, imports=imports).run()
+    except Exception as exc:  # a case the checks missed still gets one line, not a traceback
+        return None, [Problem(path, "", f"cannot check this file ({type(exc).__name__}: {str(exc)[:200]})")]
 
 
 def errors(problems):

@@ -6,6 +6,7 @@ from gateway.health import error_text
 from gateway.messages import build_receive
 
 SEND_QUEUE = 1000  # datagrams waiting for a layer send; past it the arriving one is dropped
+NOT_READY = "datagram arrived before startup completed or during stop"
 
 
 class Delivery:
@@ -34,13 +35,16 @@ class Delivery:
     def start(self):
         self._tasks = [asyncio.ensure_future(self._send_loop()) for _ in range(self._senders)]
 
-    async def stop(self, timeout=1.0):
-        """Give queued messages a moment to reach the layer, then stop the senders."""
-        self.ready = False
+    async def flush(self, timeout=1.0):
+        """Give queued messages a moment to reach the layer."""
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except asyncio.TimeoutError:
             pass
+
+    def stop(self):
+        """Stop the senders; whatever is still queued stays unsent."""
+        self.ready = False
         for task in self._tasks:
             task.cancel()
         self._tasks = []
@@ -48,7 +52,7 @@ class Delivery:
     def __call__(self, datagram):
         self.counters.incr("received")
         if not self.ready:
-            self._drop("not_ready", "datagram arrived before startup completed or during stop")
+            self._drop("not_ready", NOT_READY)
             return
         if self.runner is not None and not self.runner.try_reserve():
             self._drop("concurrency", "max_concurrency application calls are running")
@@ -86,5 +90,10 @@ class Delivery:
             self.runner.unreserve()
 
     def _drop(self, reason, why):
-        self.counters.incr(f"dropped_{reason}")
-        self.quiet.warn(f"in-{reason}", "dropped a datagram: {why}", why=why)
+        drop(self.counters, self.quiet, reason, why)
+
+
+def drop(counters, quiet, reason, why):
+    """Count an arriving datagram as dropped_<reason>, and say why (rate-limited)."""
+    counters.incr(f"dropped_{reason}")
+    quiet.warn(f"in-{reason}", "dropped a datagram: {why}", why=why)

@@ -54,6 +54,11 @@ class Lifespan:
         self._task.cancel()
         return event
 
+    def close(self):
+        """End the lifespan task (after shutdown, or instead of it when a stop cannot wait)."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def _next_event(self):
         """The app's next lifespan event, or None when the app ended (or raised) without one."""
         getter = asyncio.ensure_future(self._outbox.get())

@@ -19,8 +19,16 @@ class _Instance:
     def __init__(self, message):
         self.message = message
         self.task = None
+        self.timer = None       # the app_timeout handle, cancelled when the call ends
         self.delivered = False
         self.ended = False
+        self.timed_out = False
+
+    def time_out(self):
+        """Cancel a call that ran past app_timeout (told apart from other cancels by `timed_out`)."""
+        if not self.task.done() and not self.ended:
+            self.timed_out = True
+            self.task.cancel()
 
     async def receive(self):
         if not self.delivered:
@@ -42,8 +50,9 @@ class AppRunner:
     receiving and other workers take the load.
     """
 
-    def __init__(self, app, layer, channels, *, max_concurrency, counters, quiet, reserve=False):
+    def __init__(self, app, layer, channels, *, max_concurrency, counters, quiet, reserve=False, app_timeout=None):
         self.app = app
+        self.app_timeout = app_timeout  # seconds, or None: calls may run for ever
         self.layer = layer
         self.channels = list(dict.fromkeys(channels))
         self.max_concurrency = max_concurrency
@@ -120,6 +129,9 @@ class AppRunner:
         instance = _Instance(message)
         instance.task = asyncio.ensure_future(self._call(scope, instance))
         self._instances.add(instance)
+        if self.app_timeout is not None:
+            # One timer handle per call, no wait_for wrapper task.
+            instance.timer = asyncio.get_event_loop().call_later(self.app_timeout, instance.time_out)
         instance.task.add_done_callback(lambda task: self._finished(instance, task))
 
     async def _call(self, scope, instance):
@@ -134,6 +146,13 @@ class AppRunner:
     def _finished(self, instance, task):
         self._instances.discard(instance)
         self._release_slot()
+        if instance.timer is not None:
+            instance.timer.cancel()
+        if instance.timed_out:
+            if not task.cancelled():
+                task.exception()  # the app answered the cancel by raising: still a timeout, not an error
+            self._timed_out(instance)
+            return
         if task.cancelled():
             return
         exc = task.exception()
@@ -144,3 +163,10 @@ class AppRunner:
             message = instance.message if isinstance(instance.message, dict) else {}
             self.quiet.failure(f"app-{type(exc).__name__}", "application raised on a message from listener {listener}",
                                Failure(exc, type(exc), exc.__traceback__), listener=message.get("listener", "?"))
+
+    def _timed_out(self, instance):
+        self.counters.incr("app_timeouts")
+        message = instance.message if isinstance(instance.message, dict) else {}
+        self.quiet.warn("app-timeout", "application call on a message from listener {listener} ran longer than "
+                        "app_timeout ({timeout}s): cancelled", listener=message.get("listener", "?"),
+                        timeout=self.app_timeout)

@@ -1,15 +1,11 @@
 """Named counters, their periodic summary, and a rate-limited logger for hostile input."""
 
-import time
 from collections import Counter, OrderedDict
 
 from twisted.internet import task
 from twisted.logger import Logger
 
-
-class _MonotonicClock:
-    def seconds(self):
-        return time.monotonic()
+from gateway.clock import MONOTONIC
 
 
 class Counters:
@@ -56,7 +52,7 @@ class QuietLog:
     def __init__(self, log=None, *, interval=10.0, clock=None, max_keys=512):
         self.log = log if log is not None else Logger()
         self.interval = interval
-        self.clock = clock if clock is not None else _MonotonicClock()
+        self.clock = clock if clock is not None else MONOTONIC
         self.max_keys = max_keys
         self._seen = OrderedDict()  # key -> [last logged at, suppressed since]
 

@@ -83,12 +83,27 @@ class BaseListener(service.Service):
         self.counters = counters
         self.quiet = quiet
         self.ports = []
+        self.bound = False
         self._owners = []
 
-    # -- lifecycle -------------------------------------------------------
+    # -- lifecycle: bind (privileged), then start, as Twisted's internet.UDPServer --
+    def privilegedStartService(self):
+        """Bind every port now (twistd calls this before dropping privileges); raises CannotListenError."""
+        service.Service.privilegedStartService(self)
+        self._bind()
+
     def startService(self):
-        """Bind every port now; raises CannotListenError on failure."""
+        """Serve: bind first if privilegedStartService did not. Subclasses then join groups and the like."""
+        if not self.bound:
+            self._bind()
         service.Service.startService(self)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return self._close_ports()
+
+    def _bind(self):
+        self.bound = True
         try:
             for index, host in enumerate(self.bind_addresses()):
                 port = self.make_port(host, index)
@@ -100,12 +115,8 @@ class BaseListener(service.Service):
             self._close_ports()
             raise
 
-    def stopService(self):
-        service.Service.stopService(self)
-        return self._close_ports()
-
     def _close_ports(self):
-        ports, self.ports = self.ports, []
+        ports, self.ports, self.bound = self.ports, [], False
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
 
     def make_port(self, host, index):
@@ -172,6 +183,19 @@ class BaseListener(service.Service):
     def connection_refused(self):
         self.counters.incr("connection_refused")
         self.quiet.warn("refused", "listener {name}: the peer refused a datagram (ICMP port unreachable)", name=self.name)
+
+    def receive_failed(self, exc):
+        """A socket read failed with an errno not known to be harmless: counted, logged rate-limited."""
+        self.counters.incr("receive_errors")
+        code = errno.errorcode.get(exc.errno, str(exc.errno))
+        self.quiet.warn(f"recv-{self.name}-{code}", "listener {name}: reading a datagram failed ({err})",
+                        name=self.name, err=exc)
+
+    def handler_failed(self, failure):
+        """Handing a datagram on raised (a bug): counted, its traceback logged at most once per interval."""
+        self.counters.incr("receive_errors")
+        self.quiet.failure(f"recv-{self.name}-{failure.type.__name__}", "listener {name} failed to handle a datagram",
+                           failure, name=self.name)
 
     # -- sending ---------------------------------------------------------
     def send_reply(self, route, data, multicast=False):

@@ -3,8 +3,9 @@
 import errno
 import socket
 
-from twisted.internet import protocol, udp
+from twisted.internet import address, error, protocol, udp
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from listeners import sockopts
 
@@ -22,6 +23,7 @@ class _PortMixin:
     reuse_port = False
     pktinfo = False
     multicast_socket = False
+    _scoped_host = None  # getHost() of a socket bound to a scoped address, which never changes
 
     def createInternetSocket(self):
         skt = super().createInternetSocket()
@@ -36,6 +38,47 @@ class _PortMixin:
             self.pktinfo = _request_pktinfo(skt, self.addressFamily)
         return skt
 
+    def _bindSocket(self):
+        """Bind as udp.Port does, but a scoped address ("fe80::1%eth0") keeps its scope id."""
+        # Python drops the scope of a 2-tuple: a link-local bind must be (host, port, 0, ifindex),
+        # or the kernel refuses it with EINVAL (ipv6(7)).
+        if self._preexistingSocket is None and "%" in self.interface:
+            skt = None
+            try:
+                skt = self.createInternetSocket()
+                skt.bind(socket_address(self.interface, self.port))
+            except OSError as le:
+                if skt is not None:
+                    skt.close()
+                raise error.CannotListenError(self.interface, self.port, le) from None
+            self._preexistingSocket = skt  # udp.Port then adopts it: port number, log line, reading
+        super()._bindSocket()
+
+    def getHost(self):
+        """udp.Port.getHost, but a link-local address keeps its scope as %name (as `client` does)."""
+        if self._scoped_host is not None:
+            return self._scoped_host
+        if self.addressFamily != socket.AF_INET6:
+            return super().getHost()
+        host, port, flow, scope = self.socket.getsockname()
+        if not scope:
+            return address.IPv6Address("UDP", host, port)
+        try:
+            name = socket.if_indextoname(scope)
+        except OSError:
+            name = str(scope)
+        self._scoped_host = address.IPv6Address("UDP", f"{host.partition('%')[0]}%{name}", port, flow, scope)
+        return self._scoped_host
+
+    def connect(self, host, port):
+        """Connect as udp.Port does, keeping a scoped remote's scope id."""
+        if "%" not in host:
+            return super().connect(host, port)
+        if self._connectedAddr:
+            raise RuntimeError("already connected, reconnecting is not currently supported")
+        self._connectedAddr = (host, port)
+        self.socket.connect(socket_address(host, port))
+
     def doRead(self):
         """Read what is ready; like udp.Port.doRead but keeps scope ids and pktinfo."""
         read = 0
@@ -47,19 +90,21 @@ class _PortMixin:
                 else:
                     (data, addr), ancdata = self.socket.recvfrom(self.maxPacketSize), ()
             except OSError as se:
-                if se.args[0] in _READ_IGNORE:
+                if se.errno in _READ_IGNORE:
                     return
-                if se.args[0] in _READ_REFUSE:
+                if se.errno in _READ_REFUSE:
                     if self._connectedAddr:
                         self.protocol.connectionRefused()
                     return
-                raise
+                # Raised into Twisted, it would log a traceback and close the port: count it and go on.
+                self.protocol.receive_failed(se)
+                return
             read += max(len(data), 64)
             dst, ifindex, spec_dst = sockopts.parse_pktinfo(ancdata)
             try:
                 self.protocol.packet_received(data, addr, dst, ifindex, spec_dst)
             except Exception:
-                log.failure("listener failed to handle a datagram")
+                self.protocol.handler_failed(Failure())
 
     def send_datagram(self, data, address=None, *, source=None, ifindex=0):
         """Send one datagram; pktinfo picks the source address and interface."""
@@ -74,6 +119,14 @@ class _PortMixin:
         if info[1] is None:
             raise OSError(errno.ENOPROTOOPT, "this platform cannot choose a datagram's source or interface")
         return self.socket.sendmsg([data], [info], 0, address)
+
+
+def socket_address(host, port):
+    """The tuple to bind or connect to: (host, port), or a 4-tuple with the scope id of "fe80::1%eth0"."""
+    if "%" not in host:
+        return (host, port)
+    flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+    return socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM, 0, flags)[0][4]
 
 
 def _raise_receive_buffer(skt):
@@ -152,3 +205,9 @@ class _PortProtocol(protocol.DatagramProtocol):
 
     def connectionRefused(self):
         self._listener.connection_refused()
+
+    def receive_failed(self, exc):
+        self._listener.receive_failed(exc)
+
+    def handler_failed(self, failure):
+        self._listener.handler_failed(failure)

@@ -1,6 +1,9 @@
 """Applications used by the end-to-end tests."""
 
+import asyncio
 import json
+
+from twisted.logger import Logger
 
 from gateway.consumer import UDPConsumer
 
@@ -22,6 +25,9 @@ class Inspect(UDPConsumer):
 
     async def udp_receive(self, message):
         await self.reply(message, describe(message))
+
+
+inspect = Inspect.as_asgi()
 
 
 class Raising(UDPConsumer):
@@ -49,6 +55,19 @@ class Slow(UDPConsumer):
             await self.reply(message, message["data"])
         finally:
             cls.active -= 1
+
+
+class Hanging(UDPConsumer):
+    """Never returns for datagrams starting with b"hang" (logging "hanging on ..." first); echoes the rest."""
+
+    async def udp_receive(self, message):
+        if message["data"].startswith(b"hang"):
+            Logger().info("hanging on {data}", data=message["data"].decode("latin-1"))
+            await asyncio.Future()
+        await self.reply(message, message["data"])
+
+
+hanging = Hanging.as_asgi()
 
 
 class Recorder(UDPConsumer):
@@ -120,3 +139,17 @@ class Looping:
                 cls.handled.append((id(consumer), message["data"]))
                 await scope["channel_layer"].send(message["reply_channel"], {"type": "udp.send", "data": message["data"]})
         return app
+
+
+class Sleepy(UDPConsumer):
+    """Each call, and lifespan shutdown, sleep an hour: only a second stop signal ends a stop quickly."""
+
+    async def udp_receive(self, message):
+        Logger().info("sleepy: call started")
+        await asyncio.sleep(3600)
+
+    async def shutdown(self):
+        await asyncio.sleep(3600)
+
+
+sleepy = Sleepy.as_asgi()

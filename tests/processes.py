@@ -142,11 +142,19 @@ class GatewayProcess(Process):
 
     ready_text = "udpgateway ready"
 
-    def __init__(self, config_path, *, env=None, ns=None):
-        cwd = tempfile.mkdtemp(prefix="udpgateway-twistd-")  # twistd leaves twistd.pid here, not beside the config
-        argv = [TWISTD, "-n", f"--pidfile={cwd}/twistd.pid", "udpgateway", "-c", config_path]
+    def __init__(self, config_path, *, env=None, ns=None, cwd=None, twistd=None, twistd_options=None):
+        """`cwd` given: twistd runs there with its default pid file (./twistd.pid), and the directory stays."""
+        own = cwd is None
+        cwd = str(cwd or tempfile.mkdtemp(prefix="udpgateway-twistd-"))  # twistd leaves twistd.pid here
+        options = twistd_options if twistd_options is not None else (
+            ["-n", f"--pidfile={cwd}/twistd.pid"] if own else ["-n"])
+        argv = [twistd or TWISTD, *options, "udpgateway", "-c", config_path]
         super().__init__(argv, cwd=cwd, env=env, ns=ns)
-        self._own_cwd = True
+        self._own_cwd = own
+
+    @property
+    def pidfile(self):
+        return Path(self.cwd) / "twistd.pid"
 
 
 class WorkerProcess(Process):

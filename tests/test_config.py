@@ -481,6 +481,16 @@ ROWS = [
         "limits.max_reply_channels: 0 is less than 1",
     ),
     (
+        "app-timeout-zero",
+        doc(P, top=APP + "limits: {app_timeout: 0}\n"),
+        "gateway.yaml: limits.app_timeout: 0 is not a positive number",
+    ),
+    (
+        "app-timeout-string",
+        doc(P, top=APP + "limits: {app_timeout: none}\n"),
+        "gateway.yaml: limits.app_timeout: expected a number, got 'none'",
+    ),
+    (
         "limits-zero-poll",
         doc(P, top=APP + "limits: {interface_poll: 0}\n"),
         "limits.interface_poll: 0 is not a positive number",
@@ -504,6 +514,7 @@ def test_problem_lines(load, text, expected):
 
 VALID = [
     ("minimal", doc(P)),
+    ("loopback-127-0-0-2", doc(P.replace("127.0.0.1", "127.0.0.2"))),
     ("both-reuse-port", doc(P + ", reuse_port: true", P.replace("echo", "two") + ", reuse_port: true")),
     ("port-zero-twice", doc(P.replace("9999", "0"), P.replace("echo", "two").replace("9999", "0"))),
     (
@@ -583,7 +594,7 @@ def test_full_config_values(load):
         "name: mc, type: multicast, port: 5353, groups: ['FF02::FB', 224.0.0.251], sources: ['2001:DB8::9'], "
         "interfaces: [test0, '192.0.2.2'], ttl: 4, loopback: false, send_channel: mc.out",
         top=APP + "limits: {reply_ttl: 30, max_reply_channels: 7, max_concurrency: 8, max_layer_sends: 9, "
-        "interface_poll: 1.5}\n",
+        "interface_poll: 1.5, app_timeout: 2}\n",
     )
     config, problems = load(text)
     assert problems == []
@@ -595,9 +606,19 @@ def test_full_config_values(load):
     assert multicast.interfaces == ("test0", "192.0.2.2")
     assert (multicast.ttl, multicast.loopback, multicast.bind) == (4, False, ())
     assert config.limits == Limits(
-        reply_ttl=30.0, max_reply_channels=7, max_concurrency=8, max_layer_sends=9, interface_poll=1.5
+        reply_ttl=30.0, max_reply_channels=7, max_concurrency=8, max_layer_sends=9, interface_poll=1.5,
+        app_timeout=2.0,
     )
-    assert isinstance(config.limits.reply_ttl, float)
+    assert isinstance(config.limits.reply_ttl, float) and isinstance(config.limits.app_timeout, float)
+
+
+@pytest.mark.parametrize("text, expected", [("", 60.0), ("limits: {app_timeout: null}\n", None),
+                                             ("limits: {app_timeout: ~}\n", None), ("limits: {}\n", 60.0),
+                                             ("limits: {app_timeout: 0.5}\n", 0.5)])
+def test_app_timeout_default_and_null(load, text, expected):
+    """limits.app_timeout defaults to 60 seconds; an explicit null means calls are never timed out."""
+    config, problems = load(doc(P, top=APP + text))
+    assert problems == [] and config.limits.app_timeout == expected
 
 
 def test_bind_interface_expands_to_its_addresses(load):
@@ -722,6 +743,67 @@ def test_imports_off_skips_imports(load):
     config, problems = load(doc(P, top="application: nosuch_app_mod:application\n"), imports=False)
     assert problems == []
     assert config.application == "nosuch_app_mod:application"
+
+
+HOSTILE = [
+    ("nul-byte", doc(P.replace("echo", "e\0")), "gateway.yaml:3:13: character U+0000 is not allowed in YAML"),
+    ("escape-char", doc(P) + "\x1b[31m\n", "gateway.yaml:4:1: character U+001B is not allowed in YAML"),
+    ("c1-control", APP + "x: \x85\x86\n", "gateway.yaml:2:5: character U+0086 is not allowed in YAML"),
+    ("deep-flow", "listeners: " + "[" * 600 + "]" * 600 + "\n", "gateway.yaml:1:75: nested deeper than 64 levels"),
+    ("deep-block", "".join("  " * i + "a:\n" for i in range(100)), "gateway.yaml:64:127: nested deeper than 64 levels"),
+    ("list-key", APP + "? [1, 2]\n: 3\n", "gateway.yaml:2:3: found unhashable key"),
+    ("dict-key", doc("? {a: 1} : 2"), "gateway.yaml:3:8: found unhashable key"),
+    ("int-key", doc(P + ", 7: 2"), "gateway.yaml: listeners[0].7: unknown key"),
+    ("control-in-key", APP + '"a\\nb\\0": 1\n' + doc(P, top=""), r"gateway.yaml: a\nb\x00: unknown key"),
+    ("control-in-value", doc(P.replace("echo", '"e\\0"')), "listeners[0].name: contains the control character U+0000"),
+    ("cyclic-alias", APP + "listeners: &a [*a]\n", "gateway.yaml: listeners[0]: expected a mapping, got a list"),
+    ("merge-cycle", APP + "x: &a {<<: *a}\n" + doc(P, top=""), "gateway.yaml: x: unknown key"),
+    ("list-as-type", doc("name: e, type: [plain], port: 0"), "listeners[0].type: expected a string, got a list"),
+    ("decimal-past-4300-digits", doc(P.replace("9999", "9" * 5000)), "gateway.yaml:3:54: not a valid int: Exceeds"),
+    ("hex-20000-bits", doc(P.replace("9999", "0x" + "f" * 5000)), "listeners[0].port: a 20000-bit number is outside"),
+    ("sexagesimal", doc(P.replace("9999", ":".join(["59"] * 3000))), "listeners[0].port: a 17721-bit number is outside"),
+    ("float-overflow", APP + "limits: {reply_ttl: 0x" + "f" * 300 + "}\n" + doc(P, top=""),
+     "limits.reply_ttl: a 1200-bit number is not a positive number"),
+    ("inf-port", doc(P.replace("9999", ".inf")), "gateway.yaml: listeners[0].port: expected an integer, got inf"),
+    ("inf-ttl", APP + "limits: {reply_ttl: .inf}\n" + doc(P, top=""), "limits.reply_ttl: inf is not a positive number"),
+    ("nan-poll", APP + "limits: {interface_poll: .nan}\n" + doc(P, top=""),
+     "limits.interface_poll: nan is not a positive number"),
+    ("bad-timestamp", APP + "x: 2001-13-45\n" + doc(P, top=""), "gateway.yaml:2:4: not a valid timestamp: month"),
+    ("python-tag", APP + "x: !!python/object/apply:os.system [ls]\n", "gateway.yaml:2:4: could not determine a constructor"),
+    ("long-value", doc(P.replace("127.0.0.1", "x" * 100000)), "listeners[0].bind: 'xxxx"),
+    ("two-documents", doc(P) + "---\nx: 1\n", "gateway.yaml:4:1: but found another document"),
+]
+
+
+@pytest.mark.parametrize("text, expected", [pytest.param(text, line, id=name) for name, text, line in HOSTILE])
+def test_hostile_files_give_lines_not_exceptions(load, text, expected):
+    """Control bytes, deep nesting and weird but valid YAML are problems with a location, never exceptions."""
+    config, problems = load(text)
+    assert config is None
+    assert any(line.startswith("gateway.yaml") and expected in line for line in lines(problems)), lines(problems)
+    assert all(len(line) < 400 for line in lines(problems)), lines(problems)
+
+
+def test_unexpected_exception_in_a_check_is_one_problem(load, monkeypatch):
+    """A case the checks missed still gives one problem line naming the file, not a traceback."""
+
+    def broken(self, data):
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(checker_module.Checker, "_check", broken)
+    config, problems = load(doc(P))
+    assert config is None
+    assert lines(problems) == ["gateway.yaml: cannot check this file (TypeError: unhashable type: 'list')"]
+
+
+def test_file_over_1_mib_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A file over 1 MiB is refused by its size; one that grows past it while read is cut at 1 MiB + 1 byte."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gateway.yaml").write_bytes(b"listeners: []\n" + b"#" * (1024 * 1024))
+    config, problems = load_config("gateway.yaml")
+    assert config is None
+    assert lines(problems) == ["gateway.yaml: cannot read: larger than 1 MiB (1048590 bytes): not a config file"]
+    assert lines(load_config("/dev/zero")[1]) == ["/dev/zero: cannot read: larger than 1 MiB: not a config file"]
 
 
 def test_missing_file(tmp_path, monkeypatch):

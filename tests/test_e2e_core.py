@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import time
 
 
 from tests import apps
@@ -158,6 +159,24 @@ async def test_expired_reply_channel_is_dropped(gateway, client):
 
 
 @aio
+async def test_wall_clock_step_keeps_reply_channels(gateway, client, monkeypatch):
+    """A wall-clock step longer than reply_ttl leaves reply channels (and QuietLog) on the monotonic clock."""
+    from twisted.internet import reactor
+
+    from gateway.clock import MONOTONIC
+
+    service = await gateway(config(plain(), limits="limits: {reply_ttl: 5}\n"), app=apps.Inspect.as_asgi())
+    c = await client()
+    message = json.loads((await exchange(c, listener_address(service, "echo"), b"x"))[0])
+    step = 3600 + time.time()
+    monkeypatch.setattr(time, "time", lambda: step)
+    monkeypatch.setattr(reactor, "seconds", lambda: step)
+    await service.layer.send(message["reply_channel"], {"type": "udp.send", "data": b"after the step"})
+    assert (await c.receive())[0] == b"after the step"
+    assert service.tokens.clock is MONOTONIC and service.quiet.clock is MONOTONIC
+
+
+@aio
 async def test_least_recently_used_reply_channel_forgotten(gateway, client):
     """Past max_reply_channels the least recently used client's channel is forgotten."""
     service = await gateway(config(plain(), limits="limits: {max_reply_channels: 2}\n"), app=apps.Inspect.as_asgi())
@@ -227,3 +246,27 @@ async def test_looping_consumer_gets_one_message_per_instance(gateway, client):
     assert len({consumer for consumer, _ in apps.Looping.handled}) == 3
     assert service.runner.active == 0
     assert service.counters.get("app_errors") == 0
+
+
+@aio
+async def test_datagrams_between_bind_and_start_are_dropped_not_ready(write_config, client):
+    """Ports are bound in privilegedStartService; what arrives before the start completes is counted dropped_not_ready."""
+    from tests.support import build_service, wait
+
+    service = build_service(write_config(config(plain())), app=apps.Echo.as_asgi())
+    service.privilegedStartService()
+    try:
+        c = await client()
+        address = listener_address(service, "echo")
+        c.send(b"early", address)
+        for _ in range(200):  # bounded: the datagram is read within a few reactor turns
+            if service.counters.get("dropped_not_ready"):
+                break
+            await asyncio.sleep(0.01)
+        assert service.counters.get("dropped_not_ready") == 1
+        service.startService()
+        await wait(service.started, 10)
+        assert await exchange(c, address, b"later") == (b"later", address)
+        assert service.counters.get("received") == 2
+    finally:
+        await stop(service)

@@ -167,3 +167,21 @@ def test_read_flags_of_loopback():
     if flags is None:
         pytest.skip("no /sys/class/net here")
     assert flags & interfaces.IFF_UP and flags & interfaces.IFF_LOOPBACK
+
+
+@pytest.mark.parametrize("spec, name", [("127.0.0.2", "lo"), ("127.255.255.254", "lo"), ("128.0.0.1", None),
+                                        ("::2", None), ("127.0.0.2%eth0", None)])
+def test_any_of_127_0_0_0_8_belongs_to_loopback_on_linux(spec, name, monkeypatch):
+    """On Linux every address of 127.0.0.0/8 is local (lo's 127.0.0.1/8 route), so lo owns them all."""
+    monkeypatch.setattr(interfaces, "LINUX", True)
+    found = find_interface(spec, FAKE)
+    assert (found.name if found else None) == name
+    monkeypatch.setattr(interfaces, "LINUX", False)
+    assert find_interface("127.0.0.2", FAKE) is None
+
+
+def test_real_host_127_0_0_2_is_loopback():
+    """On this (Linux) host 127.0.0.2 is found on the loopback interface."""
+    if not interfaces.LINUX:
+        pytest.skip("only Linux answers on all of 127.0.0.0/8")
+    assert find_interface("127.0.0.2").loopback

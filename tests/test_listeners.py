@@ -1,14 +1,21 @@
 """Listener units with Twisted's fake transport and a recording sink, plus real-socket basics."""
 
+import asyncio
+import errno
+import os
 import socket
 
+import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 
 from gateway.config import ListenerConfig, Remote
 from gateway.stats import Counters, QuietLog
 from listeners import KINDS
 from listeners.base import Route, display_address
-from listeners.ports import _PortProtocol
+from listeners.ports import _PortProtocol, socket_address
+from tests.support import aio
 
 
 def make(kind="plain", **overrides):
@@ -82,3 +89,145 @@ def test_send_failure_is_counted_not_raised():
 
     assert listener.write(Failing(), b"x", ("127.0.0.1", 9)) is False
     assert listener.counters.get("dropped_send_failed") == 1
+
+
+def test_scoped_address_becomes_a_4_tuple():
+    """A link-local address binds and connects with its scope id; other addresses stay (host, port)."""
+    index = socket.if_nametoindex("lo")
+    assert socket_address("fe80::1%lo", 53) == ("fe80::1", 53, 0, index)
+    assert socket_address(f"fe80::1%{index}", 53) == ("fe80::1", 53, 0, index)
+    assert socket_address("::1", 53) == ("::1", 53)
+    assert socket_address("127.0.0.1", 53) == ("127.0.0.1", 53)
+
+
+def test_read_errors_are_counted_and_rate_limited_per_errno():
+    """Read errors count as receive_errors; each errno is logged once per interval, per listener."""
+    log_events = []
+    listener, _ = make()
+    listener.quiet = QuietLog(Logger(observer=log_events.append), clock=Clock())
+    protocol = _PortProtocol(listener, 0)
+    for code in (errno.EPROTO, errno.EPROTO, errno.ENETUNREACH):
+        protocol.receive_failed(OSError(code, os.strerror(code)))
+    assert listener.counters.get("receive_errors") == 3
+    assert [str(e["err"]) for e in log_events] == ["[Errno 71] Protocol error", "[Errno 101] Network is unreachable"]
+
+
+class FlakySocket:
+    """A real socket whose next reads raise the given OSErrors first (errnos the kernel won't give on demand)."""
+
+    def __init__(self, real, *errnos):
+        self._real = real
+        self._errors = [OSError(code, os.strerror(code)) for code in errnos]
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def _read(self, method, *args):
+        if self._errors:
+            raise self._errors.pop(0)
+        return getattr(self._real, method)(*args)
+
+    def recvfrom(self, *args):
+        return self._read("recvfrom", *args)
+
+    def recvmsg(self, *args):
+        return self._read("recvmsg", *args)
+
+
+async def _until(predicate, timeout=5.0):
+    deadline = asyncio.get_event_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_event_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def _real_listener(sink, bind="127.0.0.1"):
+    from twisted.internet import reactor
+
+    log_events = []
+    listener = KINDS["plain"](ListenerConfig(name="l", type="plain", port=0, bind=(bind,)), sink=sink,
+                              reactor=reactor, counters=Counters(),
+                              quiet=QuietLog(Logger(observer=log_events.append)))
+    listener.startService()
+    return listener, log_events
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"], ids=["recvfrom", "recvmsg-pktinfo"])
+@aio
+async def test_socket_read_error_is_counted_and_the_port_keeps_reading(bind):
+    """An unexpected errno from a socket read is counted as receive_errors and logged once, rate-limited;
+    the port stays open and the datagrams waiting behind it are delivered."""
+    received = []
+    listener, log_events = _real_listener(received.append, bind)
+    port = listener.ports[0]
+    port.socket = FlakySocket(port.socket, errno.EPROTO, errno.EHOSTUNREACH, errno.EPROTO)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for data in (b"one", b"two"):
+                client.sendto(data, ("127.0.0.1", port.getHost().port))
+            await _until(lambda: len(received) == 2)
+        assert [d.data for d in received] == [b"one", b"two"]
+        assert listener.counters.get("receive_errors") == 3
+        assert [e["log_format"] for e in log_events] == ["listener {name}: reading a datagram failed ({err})"] * 2
+        assert port.connected
+    finally:
+        await Deferred.asFuture(listener.stopService(), asyncio.get_event_loop())
+
+
+@aio
+async def test_handler_exception_is_counted_and_logged_once():
+    """A datagram whose hand-off raises is counted as receive_errors; its traceback is logged once per interval."""
+    received = []
+
+    def sink(datagram):
+        if datagram.data == b"bad":
+            raise RuntimeError("bug in the hand-off")
+        received.append(datagram)
+
+    listener, log_events = _real_listener(sink)
+    port = listener.ports[0]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for data in (b"bad", b"bad", b"bad", b"good"):
+                client.sendto(data, ("127.0.0.1", port.getHost().port))
+            await _until(lambda: received)
+        assert listener.counters.get("receive_errors") == 3
+        assert len(log_events) == 1 and log_events[0]["log_failure"].type is RuntimeError
+    finally:
+        await Deferred.asFuture(listener.stopService(), asyncio.get_event_loop())
+
+
+class RefusingSocket:
+    """setsockopt always fails with one errno."""
+
+    def __init__(self, code):
+        self.code = code
+        self.calls = 0
+
+    def setsockopt(self, *args):
+        self.calls += 1
+        raise OSError(self.code, os.strerror(self.code))
+
+
+@pytest.mark.parametrize("sources", [(), ("192.0.2.9", "192.0.2.10")], ids=["any-source", "source-specific"])
+@pytest.mark.parametrize("code, warned", [(errno.ENODEV, False), (errno.EADDRNOTAVAIL, False),
+                                          (errno.EPERM, True), (errno.EINVAL, True)])
+def test_leave_errors_gone_interface_silent_others_logged_once(monkeypatch, code, warned, sources):
+    """Leaving on an interface that is gone (ENODEV, EADDRNOTAVAIL) is silent; any other error is logged
+    once per family and interface, not swallowed, and every group and source is still tried."""
+    from gateway.interfaces import Interface
+    from listeners import multicast
+
+    events = []
+    monkeypatch.setattr(multicast, "log", Logger(observer=events.append))
+    listener, _ = make("multicast", bind=(), groups=("239.1.2.3", "239.1.2.4"), sources=sources)
+    port, eth9 = FakePort(), Interface("eth9", 9, ("192.0.2.2",), (), up=True, multicast=True, loopback=False)
+    port.socket = RefusingSocket(code)
+    for _ in range(2):
+        listener._leave(port, eth9)
+    assert port.socket.calls == 2 * 2 * max(1, len(sources))
+    failed = [e for e in events if "failed" in e["log_format"]]
+    assert len(failed) == (1 if warned else 0)
+    if warned:
+        assert (failed[0]["iface"], failed[0]["err"].errno) == ("eth9", code)
+    assert sum("left" in e["log_format"] for e in events) == 2

@@ -175,6 +175,7 @@ def test_interface_removed_and_recreated(pair, run_gateway):
     gateway.wait_for(f"joined IPv6 groups on {pair.gw_if} (index {new})", 5)
     for group in (G4, G6):
         assert answer(ask(pair, group, 5008)[0])[1]["interface"] == pair.gw_if
+    assert gateway.count("failed") == 0  # leaving on a destroyed interface (ENODEV, EADDRNOTAVAIL) is silent
 
 
 def test_interface_that_cannot_join_is_skipped(pair, run_gateway):

@@ -113,17 +113,6 @@ config_texts = (documents.map(dump) | mutated().map(dump) | st.text(max_size=300
                                    "listeners:\n- name: x\n  name: y\n", "\ufeffapplication: a:b", "%YAML 1.1\n"]))
 config_files = config_texts.map(lambda text: text.encode("utf-8")) | st.binary(max_size=300)
 
-# Found by these properties: a control character (NUL, \x1f, ...) raised yaml's ReaderError out of
-# load_config. Issue 9 item 6 fixes it in gateway/_source.py (branch i9b); until that is merged, such
-# files are left out here. Delete this filter after the merge.
-_NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE
-
-
-def _issue9_fixed_elsewhere(content):
-    return _NON_PRINTABLE.search(content.decode("utf-8", "replace")) is None
-
-
-config_files = config_files.filter(_issue9_fixed_elsewhere)
 
 
 @pytest.fixture(scope="module")

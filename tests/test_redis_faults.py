@@ -66,8 +66,11 @@ def port_is_free(port):
 
 
 @pytest.mark.parametrize("backend", [REDIS_BACKEND, PUBSUB_BACKEND])
-def test_redis_unreachable_at_startup_exits_1_before_binding(tmp_path, processes, backend):
-    """With nothing on the Redis port, gateway and worker exit 1 with one line naming host:port, unbound."""
+def test_redis_unreachable_at_startup_exits_1_and_frees_the_port(tmp_path, processes, backend):
+    """With nothing on the Redis port, gateway and worker exit 1 with one line naming host:port; the port is free.
+
+    The gateway binds first (before twistd -u/-g would drop privileges), then reaches the layer.
+    """
     redis_port, udp_port = free_tcp_port(), free_udp_port()
     path = write_config(tmp_path, f"redis://127.0.0.1:{redis_port}/0", port=udp_port, backend=backend)
     for process in (gateway_process(path), worker_process(path)):
@@ -76,7 +79,7 @@ def test_redis_unreachable_at_startup_exits_1_before_binding(tmp_path, processes
         errors = [line for line in process.errors if line.strip()]
         assert len(errors) == 1 and f"127.0.0.1:{redis_port}" in errors[0], errors
         assert "Traceback" not in "\n".join(process.lines + process.errors)
-        assert not any("listener echo" in line for line in process.lines)
+        assert not any("udpgateway ready" in line for line in process.lines)
         assert port_is_free(udp_port)
 
 

@@ -181,6 +181,24 @@ def test_worker_at_max_concurrency_stops_receiving(tmp_path, processes, redis):
     stop_all(gateway, slow, fast)
 
 
+def test_worker_hung_calls_time_out_and_free_their_slots(tmp_path, processes, redis):
+    """A worker whose max_concurrency 2 slots hold calls that never return cancels them after app_timeout,
+    counts app_timeouts, and then answers the datagram that waited in Redis meanwhile."""
+    path = write_config(tmp_path, redis.url, limits="  max_concurrency: 2\n  app_timeout: 0.5\n")
+    gateway, address, _ = start_gateway(processes, path)
+    worker = processes.start(worker_process(path, application="tests.apps:hanging"))
+    with Clients(1) as clients:
+        clients.send(0, b"hang1", address)
+        clients.send(0, b"hang2", address)
+        worker.wait_for("hanging on hang1")
+        worker.wait_for("hanging on hang2")
+        reply = clients.exchange(b"waited", address, timeout=15)  # in Redis until a slot frees
+    assert reply.data == b"waited" and worker.count("ran longer than app_timeout (0.5s): cancelled") >= 1
+    stop_all(gateway, worker)
+    counts = counters(worker)
+    assert counts.get("app_timeouts") == 2 and "app_errors" not in counts, counts
+
+
 def test_worker_runs_several_messages_at_once(tmp_path, processes, redis):
     """One worker runs up to max_concurrency slow calls concurrently, not one after another."""
     path = write_config(tmp_path, redis.url, limits="  max_concurrency: 50\n")

@@ -163,6 +163,22 @@ def test_default_clock():
     assert table.lookup(token) == 1
 
 
+def test_wall_clock_step_expires_nothing(monkeypatch):
+    """A wall-clock step longer than the TTL expires no token: lifetimes follow the monotonic clock."""
+    now = {"wall": 1.0e9, "monotonic": 1000.0}
+    monkeypatch.setattr(time, "time", lambda: now["wall"])
+    monkeypatch.setattr(time, "monotonic", lambda: now["monotonic"])
+    table = TokenTable(max_entries=10, ttl=60)
+    token = table.token_for(("echo", CLIENT), "r")
+    now["wall"] += 3600
+    now["monotonic"] += 1
+    assert table.lookup(token) == "r"
+    now["wall"] -= 7200
+    assert table.lookup(token) == "r"
+    now["monotonic"] += 60
+    assert table.lookup(token) is None
+
+
 def test_many_entries_are_fast():
     """100,000 clients and lookups take well under two seconds."""
     table, clock = make_table(max_entries=100_000, ttl=60)
