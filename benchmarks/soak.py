@@ -12,7 +12,7 @@ RSS is read from /proc/PID/status every second. At the end it checks:
 
 - the gateway stayed alive and exited 0 on SIGTERM;
 - every datagram is accounted for: sent = replies received + the gateway's
-  dropped_* (and app_errors) counters + kernel drops (the gateway socket's
+  dropped_* (and app_errors, app_timeouts) counters + kernel drops (the gateway socket's
   and the client sockets' `drops` in /proc/net/udp);
 - every reply reached the socket that sent its request, with its bytes;
 - RSS after warm-up vs at the end: flat means growth below the stated bound
@@ -171,6 +171,7 @@ class Sources:
         self._close(due)
 
     def close_all(self):
+        """Close every socket, counting kernel drops first; call once, at the end."""
         self.close_due(0, force=True)
         self._close(self.active)
         self.active = []
@@ -270,6 +271,7 @@ def run_traffic(args, gateway, sources, tally, rss):
     quiet_deadline = time.monotonic() + 30
     while time.monotonic() < quiet_deadline and time.monotonic() - tally.last_reply < 2:
         receive_ready(sources, tally, 0.05)
+    rss.append((time.monotonic() - start, tally.sent, gateway.rss_kib()))
     return elapsed
 
 
@@ -278,14 +280,16 @@ def rss_verdict(rss, warmup, smoke, elapsed):
     samples = [(t, kib) for t, _sent, kib in rss if kib]
     if len(samples) < 3:
         return [f"rss: {len(samples)} samples only"], smoke
-    after = [kib for t, kib in samples if warmup <= t < warmup + 10] or [samples[len(samples) // 2][1]]
+    after = [kib for t, kib in samples if warmup <= t < warmup + 10]
+    label = f"after warm-up ({warmup:.0f}s)" if after else "mid-run (shorter than the warm-up)"
+    after = after or [samples[len(samples) // 2][1]]
     end = [kib for t, kib in samples if t >= elapsed - 10] or [samples[-1][1]]
     base, last, peak = statistics.median(after), statistics.median(end), max(kib for _, kib in samples)
     bound = max(16 * 1024, base * 0.10)
     growth = last - base
     flat = growth < bound
     verdict = "not judged (--smoke)" if smoke else ("flat" if flat else "GROWING")
-    line = (f"rss: start {samples[0][1] / 1024:.1f} MiB, after warm-up ({warmup:.0f}s) {base / 1024:.1f} MiB, "
+    line = (f"rss: start {samples[0][1] / 1024:.1f} MiB, {label} {base / 1024:.1f} MiB, "
             f"end {last / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB: growth {growth / 1024:+.1f} MiB "
             f"(bound {bound / 1024:.1f} MiB = max(16 MiB, 10%)): {verdict}")
     return [line], smoke or flat
@@ -293,7 +297,7 @@ def rss_verdict(rss, warmup, smoke, elapsed):
 
 def account(tally, counters, kernel_gateway, kernel_clients):
     """(lines, ok): sent = replies + gateway drops + kernel drops, nothing unaccounted."""
-    drops = {k: v for k, v in counters.items() if k.startswith("dropped_") or k == "app_errors"}
+    drops = {k: v for k, v in counters.items() if k.startswith("dropped_") or k in ("app_errors", "app_timeouts")}
     gateway_drops = sum(drops.values())
     kernel = kernel_gateway + kernel_clients
     unaccounted = tally.sent - tally.replies - gateway_drops - kernel
@@ -331,45 +335,60 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+def raise_fd_limit(args):
+    """Room for every socket the run may hold open at once (RLIMIT_NOFILE soft limit, up to the hard one)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = args.sources * 2 + args.churn * int(GRACE + 2) + 64
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
-    tally, rss, status, checks = Tally(), [], None, []
+
+
+def soak(args, seed):
+    """Run the gateway and the traffic; every figure the report needs, in one namespace."""
+    run = argparse.Namespace(tally=Tally(), rss=[], elapsed=0.0, alive=False, status=None, kernel_gateway=0)
     with tempfile.TemporaryDirectory() as tmp:
         gateway = Gateway(tmp, args.reply_ttl)
         sources = Sources(args.sources, random.Random(seed))
         try:
-            elapsed = run_traffic(args, gateway, sources, tally, rss)
-            alive = gateway.proc.poll() is None
-            gateway_key = hex_address("127.0.0.1", gateway.port)
-            kernel_gateway = sum(d for (address, _inode), d in udp_drops().items() if address == gateway_key)
-            sources.close_all()
+            run.elapsed = run_traffic(args, gateway, sources, run.tally, run.rss)
+            run.alive = gateway.proc.poll() is None
+            key = hex_address("127.0.0.1", gateway.port)
+            run.kernel_gateway = sum(d for (address, _inode), d in udp_drops().items() if address == key)
         finally:
-            if sources.active or sources.retiring:
-                sources.close_all()
-            status = gateway.stop()
-    counters = gateway.counters()
+            sources.close_all()  # counts the clients' kernel drops before closing them
+            run.status = gateway.stop()
+    run.counters, run.log, run.sources, run.client_drops = gateway.counters(), gateway.lines, sources.opened, \
+        sources.client_drops
+    return run
+
+
+def report(args, seed, run):
+    """Print the figures and the verdict; 0 when every check passed."""
+    tally, elapsed = run.tally, run.elapsed
     print(f"soak: sent {tally.sent} datagrams ({tally.large} over 1400 bytes, up to {MAX_PAYLOAD}) from "
-          f"{sources.opened} sources on 127.0.0.x in {elapsed:.0f}s ({tally.sent / max(elapsed, 1e-9):.0f}/s), "
+          f"{run.sources} sources on 127.0.0.x in {elapsed:.0f}s ({tally.sent / max(elapsed, 1e-9):.0f}/s), "
           f"seed {seed}")
-    rss_lines, rss_ok = rss_verdict(rss, args.warmup, args.smoke, elapsed)
-    account_lines, account_ok = account(tally, counters, kernel_gateway, sources.client_drops)
+    rss_lines, rss_ok = rss_verdict(run.rss, args.warmup, args.smoke, elapsed)
+    account_lines, account_ok = account(tally, run.counters, run.kernel_gateway, run.client_drops)
     for line in rss_lines + account_lines:
         print(line)
-    print(f"gateway: {'alive throughout' if alive else 'DIED during the run'}, exit status {status} on SIGTERM")
-    summary = " ".join(f"{k}={v}" for k, v in sorted(counters.items())) or "none logged"
-    print(f"gateway counters: {summary}")
-    checks = {"rss": rss_ok, "accounting": account_ok, "alive": alive, "exit 0": status == 0,
+    print(f"gateway: {'alive throughout' if run.alive else 'DIED during the run'}, "
+          f"exit status {run.status} on SIGTERM")
+    print("gateway counters: " + (" ".join(f"{k}={v}" for k, v in sorted(run.counters.items())) or "none logged"))
+    checks = {"rss": rss_ok, "accounting": account_ok, "alive": run.alive, "exit 0": run.status == 0,
               "all sent": tally.sent == args.count}
     failed = [name for name, ok in checks.items() if not ok]
     print("result: " + ("PASS" if not failed else "FAIL (" + ", ".join(failed) + ")"))
-    if failed and not alive:
-        print("".join(gateway.lines[-30:]))
+    if failed:
+        print("gateway log (last lines):\n" + "".join(run.log[-30:]))
     return 0 if not failed else 1
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    raise_fd_limit(args)
+    return report(args, seed, soak(args, seed))
 
 
 if __name__ == "__main__":
