@@ -19,6 +19,7 @@ RSS is read from /proc/PID/status every second. At the end it checks:
   (not judged in --smoke, which is too short to warm up).
 
 Traffic stays on 127.0.0.0/8; every loop is bounded in count and time.
+SIGTERM (or any failure) stops the gateway it started, by its PID.
 """
 
 import argparse
@@ -69,8 +70,10 @@ class Gateway:
         self.port = None
         self._ready = threading.Event()
         threading.Thread(target=self._read_log, daemon=True).start()
-        if not self._ready.wait(30) or self.port is None:
-            self.proc.kill()
+
+    def wait_ready(self, timeout=60):
+        """Until it logs "udpgateway ready" (its port read from the listener line); RuntimeError if not."""
+        if not self._ready.wait(timeout) or self.port is None:
             raise RuntimeError("the gateway did not start:\n" + "".join(self.lines[-20:]))
 
     def _read_log(self):
@@ -347,15 +350,18 @@ def soak(args, seed):
     """Run the gateway and the traffic; every figure the report needs, in one namespace."""
     run = argparse.Namespace(tally=Tally(), rss=[], elapsed=0.0, alive=False, status=None, kernel_gateway=0)
     with tempfile.TemporaryDirectory() as tmp:
-        gateway = Gateway(tmp, args.reply_ttl)
-        sources = Sources(args.sources, random.Random(seed))
+        gateway, sources = Gateway(tmp, args.reply_ttl), None
         try:
+            sources = Sources(args.sources, random.Random(seed))
+            gateway.wait_ready()
+            print(f"gateway started (PID {gateway.proc.pid}) on 127.0.0.1:{gateway.port}", flush=True)
             run.elapsed = run_traffic(args, gateway, sources, run.tally, run.rss)
             run.alive = gateway.proc.poll() is None
             key = hex_address("127.0.0.1", gateway.port)
             run.kernel_gateway = sum(d for (address, _inode), d in udp_drops().items() if address == key)
         finally:
-            sources.close_all()  # counts the clients' kernel drops before closing them
+            if sources is not None:
+                sources.close_all()  # counts the clients' kernel drops before closing them
             run.status = gateway.stop()
     run.counters, run.log, run.sources, run.client_drops = gateway.counters(), gateway.lines, sources.opened, \
         sources.client_drops
@@ -384,8 +390,13 @@ def report(args, seed, run):
     return 0 if not failed else 1
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through soak()'s `finally`, which stops the gateway
+
+
 def main(argv=None):
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     raise_fd_limit(args)
     return report(args, seed, soak(args, seed))

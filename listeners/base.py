@@ -9,7 +9,7 @@ from twisted.application import service
 from twisted.internet import defer, error
 from twisted.logger import Logger
 
-from listeners.ports import MAX_PACKET, GatewayPort, _PortProtocol
+from listeners.ports import MAX_PACKET, GatewayPort, _PortProtocol, capped_message
 
 log = Logger()
 
@@ -107,6 +107,7 @@ class BaseListener(service.Service):
         try:
             for index, host in enumerate(self.bind_addresses()):
                 port = self.make_port(host, index)
+                port.rcvbuf, port.sndbuf = self.config.rcvbuf, self.config.sndbuf
                 port.startListening()
                 self.ports.append(port)
                 self.port_started(port)
@@ -114,6 +115,13 @@ class BaseListener(service.Service):
         except Exception:
             self._close_ports()
             raise
+        self._warn_capped_buffers()
+
+    def _warn_capped_buffers(self):
+        """One warning for the listener, however many of its sockets the kernel gave smaller buffers."""
+        capped = next((port.capped for port in self.ports if port.capped), None)
+        if capped:
+            log.warn("listener {name}: {capped}", name=self.name, capped=capped_message(capped))
 
     def _close_ports(self):
         ports, self.ports, self.bound = self.ports, [], False

@@ -1,29 +1,89 @@
 """The benchmarks run (seconds-long smokes; real figures come from running them by hand)."""
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.processes import child_env, kill_group, run_in_own_group
 from tests.support import skip_or_fail
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# A bound on a hung benchmark, not a speed check: on a busy machine the smokes take far longer than alone.
+BOUND = 600
 
 
-@pytest.mark.parametrize("script, extra, expected", [
-    ("echo_bench.py", [], ["ratios gateway/raw"]),
-    ("echo_bench.py", ["--redis"], ["ratios gateway/raw", "ratios redis/raw"]),
-    ("soak.py", [], ["unaccounted 0", "exit status 0 on SIGTERM", "result: PASS"]),
-], ids=["memory", "redis", "soak"])
-def test_benchmark_smoke(script, extra, expected):
-    """Each benchmark's --smoke runs to the end and prints its figures: echo_bench.py measures the raw echo and
-    the gateway (and over Redis) and prints ratios; soak.py accounts for every datagram and the gateway exits 0."""
-    if "--redis" in extra and shutil.which("redis-server") is None:
+@pytest.mark.parametrize("extra", [[], ["--redis"]], ids=["memory", "redis"])
+def test_echo_benchmark_smoke(extra):
+    """benchmarks/echo_bench.py --smoke measures the raw echo and the gateway (and over Redis), prints
+    ratios, and leaves none of the servers it started running."""
+    if extra and shutil.which("redis-server") is None:
         skip_or_fail("redis-server is not installed (apt-get install redis-server)")
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke", *extra], capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    for text in expected:
-        assert text in done.stdout, done.stdout
+    status, out, err = run_in_own_group([sys.executable, BENCHMARKS / "echo_bench.py", "--smoke", *extra], BOUND)
+    assert status == 0, out + err
+    assert "ratios gateway/raw" in out
+    if extra:
+        assert "ratios redis/raw" in out
+
+
+def test_echo_benchmark_stopped_leaves_nothing_running():
+    """SIGTERM to benchmarks/echo_bench.py mid-run stops the raw echo and the gateway it started, by PID."""
+    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / "echo_bench.py"), "--smoke", "--hold"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=child_env())
+    try:
+        seen = []
+        for line in proc.stdout:  # ends early if the benchmark does
+            seen.append(line)
+            if "servers started" in line:
+                break
+        assert seen and "servers started" in seen[-1], "".join(seen)
+        proc.send_signal(signal.SIGTERM)  # it holds before measuring until a line on stdin: never comes
+        assert proc.wait(60) == 128 + signal.SIGTERM, "".join(seen)
+    finally:
+        left = kill_group(proc)
+        if proc.poll() is None:
+            proc.wait(10)
+        proc.stdin.close()
+        proc.stdout.close()
+    assert not left, f"left running: {left}"
+
+
+def test_core_benchmark_smoke():
+    """benchmarks/core_bench.py --smoke times the memory layer and the token table."""
+    status, out, err = run_in_own_group([sys.executable, BENCHMARKS / "core_bench.py", "--smoke"], BOUND)
+    assert status == 0, out + err
+    assert "memory layer:" in out and "token table:" in out
+
+
+def test_soak_smoke():
+    """benchmarks/soak.py --smoke accounts for every datagram, and the gateway it ran exits 0 on SIGTERM."""
+    status, out, err = run_in_own_group([sys.executable, BENCHMARKS / "soak.py", "--smoke"], BOUND)
+    assert status == 0, out + err
+    for text in ("unaccounted 0", "replies to the wrong source 0", "exit status 0 on SIGTERM", "result: PASS"):
+        assert text in out, out
+
+
+def test_soak_stopped_leaves_nothing_running():
+    """SIGTERM to benchmarks/soak.py mid-run stops the gateway it started, by PID."""
+    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / "soak.py"), "--smoke", "--progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=child_env())
+    try:
+        seen = []
+        for line in proc.stdout:  # ends early if the soak does
+            seen.append(line)
+            if line.startswith("  t="):
+                break
+        assert seen and seen[-1].startswith("  t="), "".join(seen)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM, "".join(seen)
+    finally:
+        left = kill_group(proc)
+        if proc.poll() is None:
+            proc.wait(10)
+        proc.stdout.close()
+    assert not left, f"left running: {left}"

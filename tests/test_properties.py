@@ -31,13 +31,15 @@ KEYS = [
     "channel_layer", "backend", "config", "application", "listeners", "limits", "name", "type", "bind", "port",
     "channel", "reuse_port", "remote", "host", "send_channel", "groups", "sources", "interfaces", "ttl",
     "loopback", "reply_ttl", "max_reply_channels", "max_concurrency", "max_layer_sends", "interface_poll",
-    "capacity", "expiry", "hosts", "metrics",
+    "capacity", "expiry", "hosts", "metrics", "allow", "deny", "rate_limit", "rate", "burst", "amplification",
+    "rcvbuf", "sndbuf", "app_timeout", "max_sources", "fd",
 ]
 WORDS = [
     "127.0.0.1", "::1", "0.0.0.0", "::", "239.255.255.250", "ff02::fb", "fe80::1%lo", "10.0.0.1", "lo", "eth0",
     "plain", "connected", "multicast", "memory", "examples.echo:application", "examples.echo:nothing",
     "channels_redis.core.RedisChannelLayer", "no_such_module_xyz:app", "gateway.layers.InMemoryChannelLayer",
     "udp.receive", "a:b", "udp.send!x", "", " ", "${NOT_SET_ANYWHERE_XYZ}", "$$", "\t", "null", "~", "0x10",
+    "192.0.2.0/24", "2001:db8::/32", "10.0.0.1/8", "0.0.0.0/0", "::/0", "192.0.2.0/33",
 ]
 NUMBERS = [0, 1, -1, 65535, 65536, 2**63, -(2**63), 0.5, float("inf"), float("-inf"), float("nan"), 1e-300]
 scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=16)
@@ -54,14 +56,16 @@ VALID = [
      "application": "examples.echo:application",
      "listeners": [
          {"name": "echo", "type": "plain", "bind": "127.0.0.1", "port": 0, "channel": "udp.receive",
-          "reuse_port": True},
+          "reuse_port": True, "allow": ["127.0.0.0/8", "::1"], "deny": ["127.0.0.66"],
+          "rate_limit": {"rate": 100, "burst": 200}, "amplification": 10, "rcvbuf": 4194304, "sndbuf": 65536},
          {"name": "up", "type": "connected", "bind": "::1", "port": 0, "remote": {"host": "::1", "port": 9000},
           "send_channel": "up.out"},
          {"name": "mc", "type": "multicast", "port": 1901, "groups": ["239.255.255.250", "ff02::c"],
           "sources": ["192.0.2.10"], "interfaces": ["lo"], "ttl": 1, "loopback": True, "send_channel": "mc.out"},
      ],
      "limits": {"reply_ttl": 60, "max_reply_channels": 100000, "max_concurrency": 1000, "max_layer_sends": 50,
-                "interface_poll": 5}},
+                "interface_poll": 5, "app_timeout": None, "max_sources": 100000},
+     "metrics": {"bind": "127.0.0.1", "port": 9100}},
     {"channel_layer": {"backend": "channels_redis.core.RedisChannelLayer",
                        "config": {"hosts": ["redis://127.0.0.1:6379/0"]}},
      "listeners": [{"name": "x", "type": "plain", "bind": "lo", "port": 53}]},
@@ -257,7 +261,7 @@ async def test_pump_sends_or_counts_any_message(gateway):
     try:
         yaml_text = (
             "application: examples.echo:application\nlisteners:\n"
-            "  - {name: p, type: plain, bind: 127.0.0.1, port: 0}\n"
+            "  - {name: p, type: plain, bind: 127.0.0.1, port: 0, amplification: null}\n"
             "  - {name: c, type: connected, bind: 127.0.0.1, port: 0, send_channel: c.out,\n"
             f"     remote: {{host: 127.0.0.1, port: {sink.getsockname()[1]}}}}}\n"
         )
