@@ -50,7 +50,10 @@ listeners:
 limits:
   reply_ttl: {reply_ttl}
 """
-GRACE = 5.0  # seconds a retired source keeps receiving before it is closed
+# Seconds a retired source keeps receiving before it is closed: a reply that comes later is lost
+# uncounted (to a closed port), and on a loaded machine the gateway's backlog can hold one for seconds.
+GRACE = 30.0
+QUIET = 5.0  # at the end, replies are awaited until none came for this long (at most 60 s)
 SEQ = 8      # bytes of sequence number at the start of every datagram that is long enough
 
 
@@ -126,6 +129,13 @@ def udp_drops():
             fields = line.split()
             drops[(fields[1], int(fields[9]))] = int(fields[12])
     return drops
+
+
+def udp_no_ports():
+    """Udp NoPorts of /proc/net/snmp: datagrams to a closed port, host-wide (for a hint only)."""
+    with open("/proc/net/snmp") as snmp:
+        names, values = [line.split() for line in snmp if line.startswith("Udp:")][:2]
+    return int(values[names.index("NoPorts")])
 
 
 def hex_address(host, port):
@@ -271,8 +281,8 @@ def run_traffic(args, gateway, sources, tally, rss):
                       f"rss {rss[-1][2] / 1024:7.1f} MiB", flush=True)
     elapsed = time.monotonic() - start
     # Drain: replies still on their way, bounded.
-    quiet_deadline = time.monotonic() + 30
-    while time.monotonic() < quiet_deadline and time.monotonic() - tally.last_reply < 2:
+    quiet_deadline = time.monotonic() + 60
+    while time.monotonic() < quiet_deadline and time.monotonic() - tally.last_reply < QUIET:
         receive_ready(sources, tally, 0.05)
     rss.append((time.monotonic() - start, tally.sent, gateway.rss_kib()))
     return elapsed
@@ -348,7 +358,8 @@ def raise_fd_limit(args):
 
 def soak(args, seed):
     """Run the gateway and the traffic; every figure the report needs, in one namespace."""
-    run = argparse.Namespace(tally=Tally(), rss=[], elapsed=0.0, alive=False, status=None, kernel_gateway=0)
+    run = argparse.Namespace(tally=Tally(), rss=[], elapsed=0.0, alive=False, status=None, kernel_gateway=0,
+                             no_ports=udp_no_ports())
     with tempfile.TemporaryDirectory() as tmp:
         gateway, sources = Gateway(tmp, args.reply_ttl), None
         try:
@@ -363,6 +374,7 @@ def soak(args, seed):
             if sources is not None:
                 sources.close_all()  # counts the clients' kernel drops before closing them
             run.status = gateway.stop()
+            run.no_ports = udp_no_ports() - run.no_ports
     run.counters, run.log, run.sources, run.client_drops = gateway.counters(), gateway.lines, sources.opened, \
         sources.client_drops
     return run
@@ -376,6 +388,9 @@ def report(args, seed, run):
           f"seed {seed}")
     rss_lines, rss_ok = rss_verdict(run.rss, args.warmup, args.smoke, elapsed)
     account_lines, account_ok = account(tally, run.counters, run.kernel_gateway, run.client_drops)
+    if not account_ok:
+        account_lines.append(f"hint: host-wide Udp NoPorts rose by {run.no_ports} during the run (replies that "
+                             f"came to a closed source, or anything else on this host)")
     for line in rss_lines + account_lines:
         print(line)
     print(f"gateway: {'alive throughout' if run.alive else 'DIED during the run'}, "
