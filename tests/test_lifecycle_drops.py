@@ -4,6 +4,7 @@ import signal
 import time
 
 from tests.processes import GatewayProcess
+from tests.scaleout import counters
 from tests.udpclients import Clients, socket_queue
 
 APP = '''
@@ -56,12 +57,6 @@ listeners:
     return path
 
 
-def summary(process):
-    from tests.scaleout import counters
-
-    return counters(process)
-
-
 def test_datagrams_before_startup_completes_are_dropped_while_send_channels_work(tmp_path, processes):
     """While lifespan startup runs, a send_channel message already goes out and every datagram is
     dropped_not_ready; once startup completes datagrams are answered."""
@@ -81,7 +76,7 @@ def test_datagrams_before_startup_completes_are_dropped_while_send_channels_work
         assert clients.exchange(b"marker", address, timeout=30).data == b"marker"
         early = [r for r in clients.replies if r.data.startswith(b"early")]
     assert gateway.stop() == 0, gateway.log_text()
-    stats = summary(gateway)
+    stats = counters(gateway)
     assert early == []
     assert (stats["received"], stats["dropped_not_ready"]) == (6, 5), stats
     assert gateway.count(NOT_READY) == 1
@@ -120,7 +115,7 @@ def test_datagrams_during_a_stop_are_dropped_while_a_slow_call_drains(tmp_path, 
         assert gateway.wait_exit(30) == 0, gateway.log_text()
         clients.drain(0)
         late = [r for r in clients.replies if r.data.startswith(b"late")]
-    stats = summary(gateway)
+    stats = counters(gateway)
     assert late == []
     # The probe that logged the line was refused; a probe lost to the stop's first step is counted nowhere.
     assert 5 + 1 <= stats["dropped_not_ready"] <= 5 + unanswered, (stats, probes, unanswered)

@@ -1,9 +1,12 @@
 """Multicast over two interfaces at once (two veth pairs between the namespaces), and a join the kernel
 refuses with ENODEV because the interface went away between the check and the join."""
 
+import os
+
 import pytest
 
 from tests.netns import ip
+from tests.processes import child_env
 
 pytestmark = pytest.mark.netns
 G4, G6 = "239.1.2.5", "ff15::1235"
@@ -88,10 +91,6 @@ def test_join_refused_with_enodev_is_logged_once_and_skipped(pair, run_gateway, 
     ip("-n", pair.gw, "link", "set", "extra0", "up")  # no IPv4 address yet: not joined at startup
     (tmp_path / "sitecustomize.py").write_text(RACE)
     trigger = tmp_path / "trigger"
-    import os
-
-    from tests.processes import child_env
-
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), child_env()["PYTHONPATH"]]),
            "UDPGATEWAY_TEST_TRIGGER": str(trigger)}
     gateway = run_gateway("application: announcer:application\nlimits: {interface_poll: 0.2}\nlisteners:\n"
