@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from twisted.internet import error
 from twisted.logger import Logger
 
-from gateway import health, layers
+from gateway import health, layers, metrics
 from gateway.delivery import NOT_READY, Delivery, drop
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
@@ -29,7 +29,7 @@ class GatewayService(AsyncService):
         super().__init__(reactor=reactor, on_fatal=on_fatal, signals=signals)
         self.config = config
         self.app = app
-        self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.prefix = None
+        self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.prefix = self.tokens = None
         self.listeners = {}
 
     # -- start: bind (privileged, synchronous), then the async phases, in this order --
@@ -40,6 +40,10 @@ class GatewayService(AsyncService):
             with _listener_errors(listener):
                 listener.privilegedStartService()
             self.listeners[listener.name] = listener
+        self.serve_metrics(self.config.metrics, metrics.gateway_collector(
+            self.counters, lambda: [l.name for l in self.config.listeners],
+            reply_channels=lambda: 0 if self.tokens is None else len(self.tokens),
+            calls_in_flight=lambda: 0 if self.runner is None else self.runner.active))
 
     async def _start(self):
         self._start_listeners()
@@ -94,8 +98,8 @@ class GatewayService(AsyncService):
         if self.delivery is not None:
             self.delivery(datagram)
             return
-        self.counters.incr("received")
-        drop(self.counters, self.quiet, "not_ready", NOT_READY)
+        self.counters.incr("received", listener=datagram.listener)
+        drop(self.counters, self.quiet, "not_ready", NOT_READY, listener=datagram.listener)
 
     def _make_layer(self):
         layer_config = dict(self.config.channel_layer.config)
@@ -153,6 +157,7 @@ class GatewayService(AsyncService):
         for listener in list(self.listeners.values()):
             await health.as_future(listener.stopService())
         self.listeners = {}
+        await self.close_metrics()
         self._reporter.stop()
         if self.layer is not None:
             await health.close_layer(self.layer.inner)

@@ -189,19 +189,19 @@ class BaseListener(service.Service):
         return Route(index, addr, dst, arrived_on if link_local else 0, None, arrived_on)
 
     def connection_refused(self):
-        self.counters.incr("connection_refused")
+        self.counters.incr("connection_refused", listener=self.name)
         self.quiet.warn("refused", "listener {name}: the peer refused a datagram (ICMP port unreachable)", name=self.name)
 
     def receive_failed(self, exc):
         """A socket read failed with an errno not known to be harmless: counted, logged rate-limited."""
-        self.counters.incr("receive_errors")
+        self.counters.incr("receive_errors", listener=self.name)
         code = errno.errorcode.get(exc.errno, str(exc.errno))
         self.quiet.warn(f"recv-{self.name}-{code}", "listener {name}: reading a datagram failed ({err})",
                         name=self.name, err=exc)
 
     def handler_failed(self, failure):
         """Handing a datagram on raised (a bug): counted, its traceback logged at most once per interval."""
-        self.counters.incr("receive_errors")
+        self.counters.incr("receive_errors", listener=self.name)
         self.quiet.failure(f"recv-{self.name}-{failure.type.__name__}", "listener {name} failed to handle a datagram",
                            failure, name=self.name)
 
@@ -231,12 +231,12 @@ class BaseListener(service.Service):
                 self.connection_refused()
                 return False
             name = errno.errorcode.get(exc.errno, str(exc.errno))
-            self.counters.incr("dropped_send_failed")
+            self.counters.incr("dropped_send_failed", listener=self.name)
             self.quiet.warn(f"send-{name}", "listener {name}: a datagram could not be sent ({err})",
                             name=self.name, err=exc)
             return False
         except error.MessageLengthError:
-            self.counters.incr("dropped_too_large")
+            self.counters.incr("dropped_too_large", listener=self.name)
             return False
 
 
