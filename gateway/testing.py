@@ -2,8 +2,9 @@
 
 import asyncio
 import ipaddress
+import uuid
 
-from gateway.layers import InMemoryChannelLayer, gateway_id
+from gateway.layers import InMemoryChannelLayer
 from gateway.lifespan import Lifespan, LifespanFailure
 from gateway.messages import DEFAULT_CHANNEL, SEND_TYPE, build_receive, reply_prefix, validate_send
 from gateway.tokens import TokenTable
@@ -54,7 +55,7 @@ class UDPCommunicator:
         self.application = application
         self.channel = channel
         self.layer = layer if layer is not None else InMemoryChannelLayer()
-        self.prefix = reply_prefix(gateway_id(self.layer))
+        self.prefix = reply_prefix(_gateway_id(self.layer))
         self.tokens = TokenTable(max_entries=100000, ttl=3600)
         self.lifespan = None
         self._instances = []
@@ -175,6 +176,12 @@ class UDPCommunicator:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+
+
+def _gateway_id(layer):
+    """As the gateway picks it: the layer's client_prefix where it has one, else a random id."""
+    prefix = getattr(layer, "client_prefix", None)
+    return prefix if isinstance(prefix, str) and prefix else uuid.uuid4().hex
 
 
 def _version(host):
