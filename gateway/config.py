@@ -63,7 +63,7 @@ class ListenerConfig:
 
     name: str
     type: str
-    port: int
+    port: int | None = None  # None only with `fd`: the adopted socket's port
     channel: str = DEFAULT_CHANNEL
     bind: tuple[str, ...] = ()
     bind_interface: str | None = None
@@ -75,6 +75,7 @@ class ListenerConfig:
     interfaces: tuple[str, ...] = ()
     ttl: int = 1
     loopback: bool = True
+    fd: int | None = None  # adopt this already-bound socket instead of binding
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,9 @@ COMMON = {
     "type": Key(str, required=True, check=one_of(*KINDS)),
     "port": Key(int, required=True, check=in_range(0, 65535)),
     "channel": Key(str, default=DEFAULT_CHANNEL, check=channel_name),
+    "fd": Key(int, check=at_least(0)),
 }
+_OPTIONAL_WITH_FD = ("bind", "port")  # an adopted socket is bound already: given, they must match it
 _SOCKET = {
     "bind": Key(str, required=True, check=interface_spec),
     "reuse_port": Key(bool, default=False),
@@ -171,7 +174,11 @@ def _listener_table(raw):
         for key in table.keys() - TABLES[kind].keys():
             owners = " or ".join(k for k in KINDS if key in TABLES[k])
             foreign[key] = FOREIGN.get((kind, key), f"{key} needs a {owners} listener")
-    return TABLES[kind], foreign
+    table = TABLES[kind]
+    if raw.get("fd") is not None:
+        table = {key: replace(spec, required=False) if key in _OPTIONAL_WITH_FD else spec
+                 for key, spec in table.items()}
+    return table, foreign
 
 
 def load_config(path, *, host_checks=True, imports=True):
@@ -201,23 +208,35 @@ def _describe_listener(listener):
     """`name: kind where port N[ to remote], channel C[, send_channel S]`."""
     if listener.type == "multicast":
         where = ", ".join(listener.interfaces) or "all multicast interfaces"
-        text = f"{listener.name}: multicast {', '.join(listener.groups)} on {where} port {listener.port}"
+        text = f"{listener.name}: multicast {', '.join(listener.groups)} on {where}{_port_text(listener)}"
         if listener.sources:
             text += f" from {', '.join(listener.sources)}"
     else:
         where = ", ".join(listener.bind)
         if listener.bind_interface and listener.bind != (listener.bind_interface,):
             where = f"{listener.bind_interface} ({where})"
-        port = f"{listener.port} (ephemeral)" if listener.port == 0 else str(listener.port)
-        text = f"{listener.name}: {listener.type} on {where} port {port}"
+        text = f"{listener.name}: {listener.type}{_adopting(listener)} on {where or 'its socket'}{_port_text(listener)}"
         if listener.remote:
             text += f" to {_host_port(listener.remote.host, listener.remote.port)}"
         if listener.reuse_port:
             text += ", reuse_port"
+    if listener.type == "multicast":
+        text += _adopting(listener)
     text += f", channel {listener.channel}"
     if listener.send_channel:
         text += f", send_channel {listener.send_channel}"
     return text
+
+
+def _port_text(listener):
+    if listener.port is None:
+        return ""  # an adopted socket's, whatever it is
+    ephemeral = listener.port == 0 and listener.type != "multicast"
+    return f" port {listener.port} (ephemeral)" if ephemeral else f" port {listener.port}"
+
+
+def _adopting(listener):
+    return "" if listener.fd is None else f" adopting fd {listener.fd}"
 
 
 def _host_port(host, port):
