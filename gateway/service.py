@@ -14,6 +14,7 @@ from gateway.replies import ReplyPump
 from gateway.runner import AppRunner
 from gateway.tokens import TokenTable
 from listeners import KINDS
+from listeners.activation import AdoptError
 
 log = Logger()
 
@@ -25,10 +26,11 @@ class GatewayService(AsyncService):
     returns one Deferred covering design.md's whole stop sequence.
     """
 
-    def __init__(self, config, *, reactor, app=None, on_fatal=None, signals=False):
+    def __init__(self, config, *, reactor, app=None, on_fatal=None, signals=False, inherited=None):
         super().__init__(reactor=reactor, on_fatal=on_fatal, signals=signals)
         self.config = config
         self.app = app
+        self.inherited = dict(inherited or {})  # name -> fds passed by systemd (LISTEN_FDNAMES)
         self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.prefix = None
         self.listeners = {}
 
@@ -40,6 +42,9 @@ class GatewayService(AsyncService):
             with _listener_errors(listener):
                 listener.privilegedStartService()
             self.listeners[listener.name] = listener
+        for name in sorted(self.inherited.keys() - self.listeners.keys()):
+            log.warn("systemd passed fd {fds} named {fdname}, which is no listener's name: not used",
+                     fds=" ".join(map(str, self.inherited[name])), fdname=name)
 
     async def _start(self):
         self._start_listeners()
@@ -116,10 +121,17 @@ class GatewayService(AsyncService):
         )
 
     def _make_listener(self, listener_config):
-        kwargs = dict(sink=self._receive, reactor=self._reactor, counters=self.counters, quiet=self.quiet)
+        kwargs = dict(sink=self._receive, reactor=self._reactor, counters=self.counters, quiet=self.quiet,
+                      fds=self._fds_of(listener_config))
         if listener_config.type == "multicast":
             kwargs["poll_interval"] = self.config.limits.interface_poll
         return KINDS[listener_config.type](listener_config, **kwargs)
+
+    def _fds_of(self, listener_config):
+        """The sockets a listener adopts: its `fd`, else those systemd passed under its name; () to bind."""
+        if listener_config.fd is not None:
+            return (listener_config.fd,)
+        return tuple(self.inherited.get(listener_config.name, ()))
 
     def _new_token(self, token):
         if self.pump is not None:
@@ -166,5 +178,5 @@ def _listener_errors(listener):
     except error.CannotListenError as exc:
         raise StartupError(f"listener {listener.name}: cannot bind {exc.interface or '*'}:{exc.port}: "
                            f"{exc.socketError}") from None
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, AdoptError) as exc:
         raise StartupError(f"listener {listener.name}: {exc}") from None

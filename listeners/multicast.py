@@ -8,7 +8,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from gateway import interfaces as ifaces
-from listeners import sockopts
+from listeners import activation, sockopts
 from listeners.base import BadRoute, BaseListener
 from listeners.ports import MAX_PACKET, GatewayMulticastPort, _PortProtocol
 
@@ -33,6 +33,7 @@ class MulticastListener(BaseListener):
     """Joins its groups on each interface, follows interfaces that come and go, sends to groups."""
 
     kind = "multicast"
+    port_class = GatewayMulticastPort
 
     def __init__(self, config, *, sink, reactor, counters, quiet, poll_interval=5.0):
         super().__init__(config, sink=sink, reactor=reactor, counters=counters, quiet=quiet)
@@ -51,6 +52,14 @@ class MulticastListener(BaseListener):
     def make_port(self, host, index):
         proto = _PortProtocol(self, index)
         return GatewayMulticastPort(self.config.port, proto, host, MAX_PACKET, self._reactor, listenMultiple=True)
+
+    def adopted_problem(self, fd, family, address):
+        if not self._groups[family]:
+            name = activation.family_name(family)
+            return f"fd {fd} is an {name} socket but the listener has no {name} group"
+        if any(p.addressFamily == family for p in self.ports):
+            return f"fd {fd} is a second {activation.family_name(family)} socket (one per family)"
+        return activation.mismatch(fd, address, port=self.config.port)
 
     def port_started(self, port):
         skt, ttl, loop = port.socket, self.config.ttl, int(self.config.loopback)
