@@ -89,6 +89,13 @@ class MulticastListener(BaseListener):
         self._poller = None
         return super().stopService()
 
+    def set_poll_interval(self, seconds):
+        """limits.interface_poll changed on reload: the next check comes `seconds` from now."""
+        self._poll_interval = seconds
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+            self._poller.start(seconds, now=False)
+
     def _port_of(self, family):
         for port in self.ports:
             if port.addressFamily == family:

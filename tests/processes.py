@@ -95,6 +95,11 @@ class Process:
             if remaining <= 0 or self._pump(min(remaining, 0.2)) is None:
                 raise AssertionError(f"no log line with {text!r}:\n{self.log_text()}")
 
+    def mark(self):
+        """The index of the next log line (for wait_for(..., start=))."""
+        self._drain()
+        return len(self.lines)
+
     def count(self, text):
         self._drain()
         return sum(text in line for line in self.lines)
