@@ -35,8 +35,8 @@ class MulticastListener(BaseListener):
     kind = "multicast"
     port_class = GatewayMulticastPort
 
-    def __init__(self, config, *, sink, reactor, counters, quiet, poll_interval=5.0):
-        super().__init__(config, sink=sink, reactor=reactor, counters=counters, quiet=quiet)
+    def __init__(self, config, *, sink, reactor, counters, quiet, poll_interval=5.0, fds=()):
+        super().__init__(config, sink=sink, reactor=reactor, counters=counters, quiet=quiet, fds=fds)
         self._groups = {f: [g for g in config.groups if sockopts.family_of(g) == f] for f in _FAMILIES}
         self._sources = {f: [s for s in config.sources if sockopts.family_of(s) == f] for f in _FAMILIES}
         self._joined = {f: {} for f in _FAMILIES}  # family -> {ifindex: Interface}

@@ -169,8 +169,9 @@ class GatewayProcess(Process):
 
 
 def listen_fds_wrapper(fds, names=None):
-    """An argv prefix that execs the rest as systemd-socket-activate does: `fds` moved to 3, 4, ...,
-    LISTEN_FDS, LISTEN_FDNAMES (when `names`) and LISTEN_PID = the exec'd process's own pid."""
+    """An argv prefix that execs the rest as systemd-socket-activate does: `fds` (numbers, or
+    "bind:HOST:PORT" to bind one there) moved to 3, 4, ..., LISTEN_FDS, LISTEN_FDNAMES (when
+    `names`) and LISTEN_PID = the exec'd process's own pid."""
     argv = [sys.executable, str(Path(__file__).with_name("listen_fds.py")), ",".join(map(str, fds))]
     return argv + ([":".join(names)] if names is not None else ["-"]) + ["--"]
 

@@ -214,6 +214,24 @@ def test_unusable_adopted_socket_exits_1_with_one_line(tmp_path, fields, make, e
     assert "Traceback" not in gateway.log_text()
 
 
+@pytest.mark.netns
+def test_multicast_listener_joins_on_an_adopted_socket(pair, tmp_path):
+    """A multicast listener adopting a passed socket joins its groups on it and answers a group request."""
+    from tests.test_multicast_netns import APP, G4, answer, ask
+
+    config = write(tmp_path, one_listener(f"name: m, type: multicast, port: 5000, groups: [{G4}]", "nsapp:application"),
+                   nsapp=APP)
+    gateway = GatewayProcess(config, ns=pair.gw, wrapper=listen_fds_wrapper(["bind:0.0.0.0:5000"], ["m"]))
+    try:
+        gateway.start()
+        assert gateway.listeners == {"m": [("0.0.0.0", 5000)]}
+        gateway.wait_for(f"listener m: {G4} joined on {pair.gw_if}")
+        _, message = answer(ask(pair, G4, 5000)[0])
+        assert (message["listener"], message["server"]) == ("m", [G4, 5000])
+    finally:
+        assert gateway.stop() == 0, gateway.log_text()
+
+
 # -- through systemd's own tool ----------------------------------------------
 
 

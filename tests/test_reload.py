@@ -262,3 +262,21 @@ async def test_sighup_during_a_reload_is_ignored(gateway):
     text = [formatEvent(event) for event in events]
     assert "reload: ignored, a reload is already running" in text
     assert "reload: unchanged a" in text
+
+
+def test_reload_adopts_the_same_fd_again(tmp_path, processes):
+    """A changed listener with `fd` adopts the same inherited socket again: same port, no bind."""
+    (tmp_path / "laterapp.py").write_text(LATER_APP)
+    path = tmp_path / "gateway.yaml"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port, fd = sock.getsockname()[1], sock.fileno()
+    path.write_text(listeners_yaml(f"name: a, type: plain, fd: {fd}"))
+    try:
+        gateway = processes.start(GatewayProcess(str(path), pass_fds=[fd]))
+    finally:
+        sock.close()
+    lines = reload_with(gateway, path, listeners_yaml(f"name: a, type: plain, fd: {fd}, channel: a.in"),
+                        "reload: rebound a")
+    assert f"listener a (plain) on 127.0.0.1:{port} -> a.in" in "\n".join(lines)
+    assert udp_exchange(port, b"same socket") == (b"same socket", ("127.0.0.1", port))
