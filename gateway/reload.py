@@ -1,5 +1,6 @@
 """SIGHUP reload: what changed between the running config and the file, and the listener swap that applies it."""
 
+import asyncio
 import dataclasses
 import socket
 from dataclasses import dataclass
@@ -88,9 +89,8 @@ class ListenerSwap:
             for listener_config in coming:
                 if not blocked[listener_config.name]:
                     self.started[listener_config.name] = self.start_listener(listener_config)
-            for name in sorted({n for names in blocked.values() for n in names}):
-                await _close(going[name])
-                self.closed[name] = going[name]
+            self.closed = {name: going[name] for names in blocked.values() for name in names}
+            await _close(*self.closed.values())
             for listener_config in coming:
                 if blocked[listener_config.name]:
                     self.started[listener_config.name] = self.start_listener(listener_config)
@@ -111,8 +111,7 @@ class ListenerSwap:
                         for host, port in listener.addresses())]
 
     async def _undo(self):
-        for listener in self.started.values():
-            await _close(listener)
+        await _close(*self.started.values())
         self.started = {}
         for name, listener in self.closed.items():
             try:
@@ -123,8 +122,9 @@ class ListenerSwap:
         self.closed = {}
 
 
-async def _close(listener):
-    await health.as_future(listener.stopService())
+async def _close(*listeners):
+    """Stop every one (each stops reading at once), then wait until their sockets are closed."""
+    await asyncio.gather(*[health.as_future(listener.stopService()) for listener in listeners])
 
 
 def _family(host):

@@ -197,8 +197,8 @@ class GatewayService(AsyncService):
             log.error("reload: rolled back, {why}; still serving with the running config", why=exc)
             return
         self._commit_reload(plan, swap.started)
-        for listener in outgoing:
-            await health.as_future(listener.stopService())
+        closing = [health.as_future(listener.stopService()) for listener in outgoing]  # all stop reading now
+        await asyncio.gather(*closing)
         log.info("{summary}", summary=reload.summary(plan))
 
     def _start_listener(self, listener_config):
