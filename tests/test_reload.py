@@ -280,3 +280,18 @@ def test_reload_adopts_the_same_fd_again(tmp_path, processes):
                         "reload: rebound a")
     assert f"listener a (plain) on 127.0.0.1:{port} -> a.in" in "\n".join(lines)
     assert udp_exchange(port, b"same socket") == (b"same socket", ("127.0.0.1", port))
+
+
+@pytest.mark.netns
+def test_reload_moves_a_multicast_listener_to_other_groups(pair, run_gateway, tmp_path):
+    """A multicast listener whose groups changed is rebound on its port: the new group is answered, the old not."""
+    from tests.test_multicast_netns import APP, G4, answer, ask
+
+    path = tmp_path / "mc.yaml"
+    text = "application: nsapp:application\nlisteners:\n  - {{name: m, type: multicast, port: 5000, groups: [{}]}}\n"
+    path.write_text(text.format(G4))
+    gateway = run_gateway(path=path, modules={"nsapp": APP})
+    assert answer(ask(pair, G4, 5000)[0])[1]["server"] == [G4, 5000]
+    reload_with(gateway, path, text.format("239.1.2.4"), "reload: rebound m")
+    assert answer(ask(pair, "239.1.2.4", 5000)[0])[1]["server"] == ["239.1.2.4", 5000]
+    assert ask(pair, G4, 5000, timeout=1)[0] == []
