@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from gateway import health
+from gateway.config import errors, load_config
 
 log = Logger()
 # limits a running gateway applies at once; the others are sized at start (semaphores, queues, the memory layer).
@@ -26,6 +27,19 @@ class Plan:
     unchanged: tuple = ()      # names kept with their sockets and reply channels
     live_limits: tuple = ()    # limits applied now
     restart: tuple = ()        # top-level keys (and "limits.<key>") whose change needs a restart
+
+
+def load_checked(path):
+    """The file's config, checked exactly as `udpgateway check` does; None (each problem logged) if refused."""
+    config, problems = load_config(path)
+    for problem in problems:
+        log.warn("reload: {warning}{problem}", warning="warning: " if problem.warning else "", problem=problem)
+    refused = errors(problems)
+    if refused or config is None:
+        log.error("reload: refused, {n} problem(s) in {path}; still serving with the running config",
+                  n=len(refused), path=path)
+        return None
+    return config
 
 
 def plan(running, new):

@@ -7,7 +7,6 @@ from twisted.internet import error
 from twisted.logger import Logger
 
 from gateway import health, layers, reload
-from gateway.config import errors, load_config
 from gateway.delivery import NOT_READY, Delivery, drop
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
@@ -164,23 +163,11 @@ class GatewayService(AsyncService):
 
     async def _reload(self):
         try:
-            new = self._load_for_reload()
+            new = reload.load_checked(self.config.path)
             if new is not None:
                 await self._apply_reload(reload.plan(self.config, new))
         except Exception:
             log.failure("reload: failed unexpectedly; the running config stays")
-
-    def _load_for_reload(self):
-        """The file's config, checked exactly as `udpgateway check` does; None (problems logged) if refused."""
-        config, problems = load_config(self.config.path)
-        for problem in problems:
-            log.warn("reload: {warning}{problem}", warning="warning: " if problem.warning else "", problem=problem)
-        refused = errors(problems)
-        if refused or config is None:
-            log.error("reload: refused, {n} problem(s) in {path}; still serving with the running config",
-                      n=len(refused), path=self.config.path)
-            return None
-        return config
 
     async def _apply_reload(self, plan):
         for key in plan.restart:

@@ -156,8 +156,8 @@ def test_reload_rebinds_changed_listeners(running):
 
 
 def test_unchanged_listener_keeps_socket_and_reply_channels(running):
-    """A reply channel issued before the reload still reaches its client through an unchanged listener;
-    one of a rebound listener is unknown afterwards (dropped_unknown_token)."""
+    """A reply channel issued before the reload still reaches its client through an unchanged listener,
+    and one of a rebound listener is dropped as dropped_unknown_token."""
     gateway, path = running(listeners_yaml(plain("a"), plain("c")))
     a, c = gateway.port("a"), gateway.port("c")
     kept, lost = Client(), Client()
