@@ -4,6 +4,8 @@
     python benchmarks/echo_bench.py --redis    # also a gateway + 2 workers over a redis-server of its own
     python benchmarks/echo_bench.py --smoke    # seconds; what CI runs
 
+SIGTERM (or any failure) stops every server it started, each by its PID.
+
 For each server it measures request/response latency (one datagram in
 flight) and throughput with a window of datagrams in flight, and prints the
 gateway's figures as ratios of the raw echo's. Every send loop is bounded in
@@ -35,11 +37,17 @@ listeners:
 """
 
 
+# Every child we start, at once (before it is ready): `stop_children` stops each by PID, in `finally`
+# and on SIGTERM, so a benchmark that is stopped or fails part-way leaves nothing running.
+CHILDREN = []
+
+
 def start(argv, pattern, cwd):
     """Start a server process; (process, port) once a log line matches `pattern` (port: its group, if any)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
-    watchdog = threading.Timer(20, proc.kill)  # a server that never logs its port is killed
+    CHILDREN.append(proc)
+    watchdog = threading.Timer(60, proc.kill)  # a server that never logs its port is killed
     watchdog.start()
     seen = []
     try:
@@ -78,33 +86,41 @@ def start_redis(tmp):
     return start(argv, r"Ready to accept connections", tmp)[0], port
 
 
-def start_redis_topology(tmp, processes):
-    """redis-server, a gateway without application and two workers, each added to `processes` as it
-    starts (so a failure part-way still stops them); returns the gateway's port."""
-    redis, port = start_redis(tmp)
-    processes.append(redis)
+def start_redis_topology(tmp):
+    """redis-server, a gateway without application and two workers; returns the gateway's port."""
+    _redis, port = start_redis(tmp)
     config = Path(tmp) / "redis.yaml"
     config.write_text(REDIS_YAML.format(port=port))
-    gateway, gateway_port = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd-redis.pid", "udpgateway",
-                                   "-c", str(config)], r"listener bench \(plain\) on \S+:(\d+)", tmp)
-    processes.append(gateway)
+    _gateway, gateway_port = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd-redis.pid", "udpgateway",
+                                    "-c", str(config)], r"listener bench \(plain\) on \S+:(\d+)", tmp)
     os.environ["UDPGATEWAY_APPLICATION"] = "echo:application"
     try:
         for _ in range(2):
-            processes.append(start([str(BIN / "udpgateway"), "worker", "-c", str(config)],
-                                   r"udpgateway worker consuming", tmp)[0])
+            start([str(BIN / "udpgateway"), "worker", "-c", str(config)], r"udpgateway worker consuming", tmp)
     finally:
         del os.environ["UDPGATEWAY_APPLICATION"]
     return gateway_port
 
 
 def stop(proc):
-    proc.send_signal(signal.SIGTERM)
+    """SIGTERM one child by its PID and wait; SIGKILL if it does not exit."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def stop_children():
+    """Stop every child in reverse order of start (workers before their gateway, Redis last)."""
+    while CHILDREN:
+        stop(CHILDREN.pop())
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through main's `finally`, which stops the children
 
 
 def latency(port, count, size, budget):
@@ -173,27 +189,30 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="a few seconds: checks it runs, not a measurement")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--redis", action="store_true", help="also measure gateway + 2 workers over Redis")
+    parser.add_argument("--hold", action="store_true",
+                        help="once the servers run, wait for a line on stdin before measuring (a test stops it there)")
     args = parser.parse_args(argv)
     args.pings, args.count, args.window, args.budget = (50, 300, 16, 5.0) if args.smoke else (2000, 30000, 64, 30.0)
+    signal.signal(signal.SIGTERM, _terminated)
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
         config.write_text(GATEWAY_YAML.replace("examples.echo", "echo"))
         (Path(tmp) / "echo.py").write_text((REPO / "examples" / "echo.py").read_text())
-        processes = []  # stopped in reverse order of start, even when a start fails
         try:
             raw, raw_port = start([sys.executable, str(HERE / "raw_echo.py")], r"raw echo on \S+:(\d+)", tmp)
-            processes.append(raw)
-            gateway, gw_port = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd.pid", "udpgateway", "-c",
-                                      str(config)], r"listener bench \(plain\) on \S+:(\d+)", tmp)
-            processes.append(gateway)
+            gateway, gw_port = start([str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd.pid", "udpgateway",
+                                       "-c", str(config)], r"listener bench \(plain\) on \S+:(\d+)", tmp)
+            print(f"servers started: raw echo (PID {raw.pid}), gateway (PID {gateway.pid})", flush=True)
+            if args.hold:
+                sys.stdin.readline()
             base = measure("raw", raw_port, args)
             results = {"gateway": measure("gateway", gw_port, args)}
             if args.redis:
-                port = start_redis_topology(tmp, processes)
+                port = start_redis_topology(tmp)
                 results["redis"] = measure("redis", port, args)
         finally:
-            for proc in reversed(processes):
-                stop(proc)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+            stop_children()
     for name, ours in results.items():
         print(f"ratios {name}/raw: latency p50 x{ours['p50'] / base['p50']:.2f}, "
               f"p99 x{ours['p99'] / base['p99']:.2f}, throughput x{ours['rate'] / base['rate']:.2f}")

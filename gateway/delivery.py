@@ -50,12 +50,12 @@ class Delivery:
         self._tasks = []
 
     def __call__(self, datagram):
-        self.counters.incr("received")
+        self.counters.incr("received", listener=datagram.listener)
         if not self.ready:
-            self._drop("not_ready", NOT_READY)
+            self._drop("not_ready", NOT_READY, datagram.listener)
             return
         if self.runner is not None and not self.runner.try_reserve():
-            self._drop("concurrency", "max_concurrency application calls are running")
+            self._drop("concurrency", "max_concurrency application calls are running", datagram.listener)
             return
         token = self.tokens.token_for((datagram.listener, datagram.client),
                                       (datagram.listener, datagram.version, datagram.route))
@@ -69,7 +69,7 @@ class Delivery:
             self._queue.put_nowait((self.channels[datagram.listener], message))
         except asyncio.QueueFull:
             self._unreserve()
-            self._drop("queue_full", "the queue of layer sends is full")
+            self._drop("queue_full", "the queue of layer sends is full", datagram.listener)
 
     async def _send_loop(self):
         while True:
@@ -81,7 +81,7 @@ class Delivery:
             except Exception as exc:
                 self._unreserve()
                 reason = "channel_full" if type(exc).__name__ == "ChannelFull" else "layer_error"
-                self._drop(reason, f"sending to {channel} failed: {error_text(exc)}")
+                self._drop(reason, f"sending to {channel} failed: {error_text(exc)}", message["listener"])
             finally:
                 self._queue.task_done()
 
@@ -89,11 +89,11 @@ class Delivery:
         if self.runner is not None:
             self.runner.unreserve()
 
-    def _drop(self, reason, why):
-        drop(self.counters, self.quiet, reason, why)
+    def _drop(self, reason, why, listener):
+        drop(self.counters, self.quiet, reason, why, listener=listener)
 
 
-def drop(counters, quiet, reason, why):
-    """Count an arriving datagram as dropped_<reason>, and say why (rate-limited)."""
-    counters.incr(f"dropped_{reason}")
+def drop(counters, quiet, reason, why, *, listener=None):
+    """Count an arriving datagram as dropped_<reason> (for its listener), and say why (rate-limited)."""
+    counters.incr(f"dropped_{reason}", listener=listener)
     quiet.warn(f"in-{reason}", "dropped a datagram: {why}", why=why)

@@ -1,4 +1,4 @@
-"""This host's network interfaces: names, indexes, addresses and flags, read through netifaces."""
+"""This host's network: interfaces (names, indexes, addresses, flags, through netifaces) and net sysctls."""
 
 import ipaddress
 import socket
@@ -77,6 +77,17 @@ def default_multicast_interfaces(family, interfaces=None):
         for interface in interfaces.values()
         if interface.up and interface.multicast and not interface.loopback and interface.addresses(family)
     ]
+
+
+def read_sysctl(name):
+    """An integer network sysctl such as "net.ipv4.igmp_max_memberships" (Linux /proc/sys), or None."""
+    if not LINUX or not name.startswith("net.") or "/" in name:
+        return None
+    try:
+        with open("/proc/sys/" + name.replace(".", "/")) as file:
+            return int(file.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _read_interface(name):

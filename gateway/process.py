@@ -7,7 +7,7 @@ from twisted.application import service
 from twisted.internet import defer, error
 from twisted.logger import Logger
 
-from gateway import health
+from gateway import health, metrics
 from gateway.lifespan import LifespanFailure
 from gateway.stats import CounterReporter, Counters, QuietLog, summary_line
 
@@ -75,6 +75,7 @@ class AsyncService(service.Service):
         self.counters = Counters()
         self.quiet = QuietLog()  # monotonic clock
         self.started = None
+        self.metrics_endpoint = None  # once bound
         self.hurried = False
         self._bound = False
         self._reactor = reactor
@@ -118,6 +119,26 @@ class AsyncService(service.Service):
 
     async def _start(self):
         raise NotImplementedError
+
+    def serve_metrics(self, settings, collector):
+        """Bind the Prometheus endpoint of `settings` (config `metrics`; None: none); raises StartupError."""
+        if settings is None:
+            return
+        endpoint = metrics.MetricsEndpoint(self._reactor, settings.bind, settings.port,
+                                           metrics.registry_for(collector))
+        try:
+            url = endpoint.listen()
+        except error.CannotListenError as exc:
+            host = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
+            raise StartupError(f"metrics: cannot bind {host}:{settings.port}: {exc.socketError}") from None
+        self.metrics_endpoint = endpoint
+        log.info("metrics on {url}", url=url)
+
+    async def close_metrics(self):
+        """Stop serving /metrics (after the ports: a last scrape still sees the stop's counts)."""
+        if self.metrics_endpoint is not None:
+            endpoint, self.metrics_endpoint = self.metrics_endpoint, None
+            await health.as_future(endpoint.close())
 
     # -- stop ------------------------------------------------------------
     def stopService(self):

@@ -6,6 +6,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import redislayer
+from gateway.clock import MONOTONIC
 from gateway.health import error_text
 from gateway.messages import SEND_TYPE
 
@@ -23,6 +24,7 @@ class _Instance:
         self.delivered = False
         self.ended = False
         self.timed_out = False
+        self.started = MONOTONIC.seconds()
 
     def time_out(self):
         """Cancel a call that ran past app_timeout (told apart from other cancels by `timed_out`)."""
@@ -152,6 +154,7 @@ class AppRunner:
         await self.app(scope, instance.receive, send)
 
     def _finished(self, instance, task):
+        self.counters.call_time.observe(MONOTONIC.seconds() - instance.started)
         self._instances.discard(instance)
         self._release_slot()
         if instance.timer is not None:

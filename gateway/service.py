@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from twisted.internet import error
 from twisted.logger import Logger
 
-from gateway import health, layers, reload
+from gateway import health, layers, metrics, reload
 from gateway.delivery import NOT_READY, Delivery, drop
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
@@ -32,7 +32,7 @@ class GatewayService(AsyncService):
         self.config = config
         self.app = app
         self.inherited = dict(inherited or {})  # name -> fds passed by systemd (LISTEN_FDNAMES)
-        self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.prefix = None
+        self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.prefix = self.tokens = None
         self.listeners = {}
         self._reloading = None  # the running reload's task
 
@@ -47,6 +47,10 @@ class GatewayService(AsyncService):
         for name in sorted(self.inherited.keys() - self.listeners.keys()):
             log.warn("systemd passed fd {fds} named {fdname}, which is no listener's name: not used",
                      fds=" ".join(map(str, self.inherited[name])), fdname=name)
+        self.serve_metrics(self.config.metrics, metrics.gateway_collector(
+            self.counters, lambda: [l.name for l in self.config.listeners],
+            reply_channels=lambda: 0 if self.tokens is None else len(self.tokens),
+            calls_in_flight=lambda: 0 if self.runner is None else self.runner.active))
 
     async def _start(self):
         self._start_listeners()
@@ -101,8 +105,8 @@ class GatewayService(AsyncService):
         if self.delivery is not None:
             self.delivery(datagram)
             return
-        self.counters.incr("received")
-        drop(self.counters, self.quiet, "not_ready", NOT_READY)
+        self.counters.incr("received", listener=datagram.listener)
+        drop(self.counters, self.quiet, "not_ready", NOT_READY, listener=datagram.listener)
 
     def _make_layer(self):
         layer_config = dict(self.config.channel_layer.config)
@@ -246,6 +250,7 @@ class GatewayService(AsyncService):
         for listener in list(self.listeners.values()):
             await health.as_future(listener.stopService())
         self.listeners = {}
+        await self.close_metrics()
         self._reporter.stop()
         if self.layer is not None:
             await health.close_layer(self.layer.inner)

@@ -2,7 +2,7 @@
 
 from twisted.logger import Logger
 
-from gateway import health, layers
+from gateway import health, layers, metrics
 from gateway.lifespan import Lifespan
 from gateway.process import AsyncService
 from gateway.redislayer import from_channels_redis
@@ -28,6 +28,11 @@ class WorkerService(AsyncService):
         self.channels = channels
         self.layer = self.runner = self.lifespan = None
 
+    def bind(self):
+        """The worker's only socket of its own: the metrics endpoint, if its config has one."""
+        self.serve_metrics(self.config.metrics, metrics.worker_collector(
+            self.counters, calls_in_flight=lambda: 0 if self.runner is None else self.runner.active))
+
     async def _start(self):
         limits = self.config.limits
         backend = self.config.channel_layer
@@ -52,6 +57,7 @@ class WorkerService(AsyncService):
             await self.finish_calls(self.runner)
         if self.lifespan is not None:
             await self.finish_lifespan(self.lifespan)
+        await self.close_metrics()
         self._reporter.stop()
         if self.layer is not None:
             await health.close_layer(self.layer.inner)

@@ -10,7 +10,7 @@ from twisted.internet import defer, error
 from twisted.logger import Logger
 
 from listeners import activation
-from listeners.ports import MAX_PACKET, GatewayPort, _PortProtocol
+from listeners.ports import MAX_PACKET, GatewayPort, _PortProtocol, capped_message
 
 log = Logger()
 
@@ -108,7 +108,11 @@ class BaseListener(service.Service):
         self.bound = True
         try:
             for index, where in enumerate(self.fds or self.bind_addresses()):
-                port = self.adopt_port(where, index) if self.fds else self.make_port(where, index)
+                if self.fds:
+                    port = self.adopt_port(where, index)  # its buffers are sized as it is adopted
+                else:
+                    port = self.make_port(where, index)
+                    port.rcvbuf, port.sndbuf = self.config.rcvbuf, self.config.sndbuf
                 port.startListening()
                 self.ports.append(port)
                 self.port_started(port)
@@ -116,6 +120,13 @@ class BaseListener(service.Service):
         except Exception:
             self._close_ports()
             raise
+        self._warn_capped_buffers()
+
+    def _warn_capped_buffers(self):
+        """One warning for the listener, however many of its sockets the kernel gave smaller buffers."""
+        capped = next((port.capped for port in self.ports if port.capped), None)
+        if capped:
+            log.warn("listener {name}: {capped}", name=self.name, capped=capped_message(capped))
 
     def _close_ports(self):
         ports, self.ports, self.bound = self.ports, [], False
@@ -134,7 +145,8 @@ class BaseListener(service.Service):
         if problem:
             raise activation.AdoptError(problem)
         return self.port_class.adopt(fd, family, _PortProtocol(self, index), self._reactor,
-                                     pktinfo=_is_wildcard(address[0]) or None)
+                                     pktinfo=_is_wildcard(address[0]) or None,
+                                     rcvbuf=self.config.rcvbuf, sndbuf=self.config.sndbuf)
 
     def adopted_problem(self, fd, family, address):
         """Why the socket of `fd` cannot be this listener's, or None."""
@@ -196,19 +208,19 @@ class BaseListener(service.Service):
         return Route(index, addr, dst, arrived_on if link_local else 0, None, arrived_on)
 
     def connection_refused(self):
-        self.counters.incr("connection_refused")
+        self.counters.incr("connection_refused", listener=self.name)
         self.quiet.warn("refused", "listener {name}: the peer refused a datagram (ICMP port unreachable)", name=self.name)
 
     def receive_failed(self, exc):
         """A socket read failed with an errno not known to be harmless: counted, logged rate-limited."""
-        self.counters.incr("receive_errors")
+        self.counters.incr("receive_errors", listener=self.name)
         code = errno.errorcode.get(exc.errno, str(exc.errno))
         self.quiet.warn(f"recv-{self.name}-{code}", "listener {name}: reading a datagram failed ({err})",
                         name=self.name, err=exc)
 
     def handler_failed(self, failure):
         """Handing a datagram on raised (a bug): counted, its traceback logged at most once per interval."""
-        self.counters.incr("receive_errors")
+        self.counters.incr("receive_errors", listener=self.name)
         self.quiet.failure(f"recv-{self.name}-{failure.type.__name__}", "listener {name} failed to handle a datagram",
                            failure, name=self.name)
 
@@ -238,12 +250,12 @@ class BaseListener(service.Service):
                 self.connection_refused()
                 return False
             name = errno.errorcode.get(exc.errno, str(exc.errno))
-            self.counters.incr("dropped_send_failed")
+            self.counters.incr("dropped_send_failed", listener=self.name)
             self.quiet.warn(f"send-{name}", "listener {name}: a datagram could not be sent ({err})",
                             name=self.name, err=exc)
             return False
         except error.MessageLengthError:
-            self.counters.incr("dropped_too_large")
+            self.counters.incr("dropped_too_large", listener=self.name)
             return False
 
 

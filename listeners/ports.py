@@ -2,6 +2,7 @@
 
 import errno
 import socket
+import sys
 
 from twisted.internet import address, error, protocol, udp
 from twisted.logger import Logger
@@ -10,7 +11,12 @@ from twisted.python.failure import Failure
 from listeners import sockopts
 
 MAX_PACKET = 65535  # Twisted's default of 8192 silently truncates larger datagrams.
-RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes asked for each socket; Linux caps it at net.core.rmem_max
+RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes asked for each socket unless its listener says (config `rcvbuf`)
+_BUFFERS = (  # option, its name, and the Linux sysctl that caps what SO_RCVBUF/SO_SNDBUF may ask (socket(7))
+    (socket.SO_RCVBUF, "SO_RCVBUF", "net.core.rmem_max"),
+    (socket.SO_SNDBUF, "SO_SNDBUF", "net.core.wmem_max"),
+)
+_LINUX = sys.platform.startswith("linux")
 _READ_IGNORE = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EMSGSIZE, errno.ENOBUFS, errno.ENOMEM}
 _READ_REFUSE = {errno.ECONNREFUSED}
 
@@ -24,10 +30,13 @@ class _PortMixin:
     pktinfo = False
     multicast_socket = False
     _scoped_host = None  # getHost() of a socket bound to a scoped address, which never changes
+    rcvbuf = RECEIVE_BUFFER  # bytes of SO_RCVBUF asked for
+    sndbuf = None  # bytes of SO_SNDBUF asked for; None keeps the system's default
+    capped = ()  # [(name, got, asked, sysctl)]: buffers the kernel gave less of than asked
 
     def createInternetSocket(self):
         skt = super().createInternetSocket()
-        _raise_receive_buffer(skt)
+        self.capped = size_buffers(skt, self.rcvbuf, self.sndbuf)
         if self.addressFamily == socket.AF_INET6:
             skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if self.reuse_port:
@@ -39,7 +48,7 @@ class _PortMixin:
         return skt
 
     @classmethod
-    def adopt(cls, fd, family, protocol, reactor, *, pktinfo=None):
+    def adopt(cls, fd, family, protocol, reactor, *, pktinfo=None, rcvbuf=RECEIVE_BUFFER, sndbuf=None):
         """A port on the bound socket `fd`, as reactor.adoptDatagramPort makes one, but of this class.
 
         It works on a duplicate of `fd` and gets the options that still apply after bind.
@@ -49,7 +58,8 @@ class _PortMixin:
             port.pktinfo = pktinfo
         skt = port._preexistingSocket
         skt.setblocking(False)  # Twisted needs it; systemd passes blocking sockets
-        _raise_receive_buffer(skt)
+        port.rcvbuf, port.sndbuf = rcvbuf, sndbuf
+        port.capped = size_buffers(skt, rcvbuf, sndbuf)
         if port.multicast_socket:
             _own_groups_only(skt, family)
         if port.pktinfo:
@@ -147,15 +157,31 @@ def socket_address(host, port):
     return socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM, 0, flags)[0][4]
 
 
-def _raise_receive_buffer(skt):
-    """Ask for a receive buffer that holds a burst while the reactor is busy elsewhere."""
+def size_buffers(skt, rcvbuf, sndbuf):
+    """Ask for the socket's buffers (None: leave one as it is); [(name, got, asked, sysctl)] for those capped."""
     # The default (net.core.rmem_default, ~208 KiB) holds a few hundred small
     # datagrams; past it the kernel drops them unseen (socket(7) SO_RCVBUF).
-    try:
-        if skt.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < RECEIVE_BUFFER:
-            skt.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-    except OSError as exc:  # BSDs refuse sizes above kern.ipc.maxsockbuf instead of capping
-        log.info("keeping the default socket receive buffer ({err})", err=exc)
+    capped = []
+    for (option, name, sysctl), asked in zip(_BUFFERS, (rcvbuf, sndbuf)):
+        if asked is None:
+            continue
+        try:
+            skt.setsockopt(socket.SOL_SOCKET, option, asked)
+        except OSError as exc:  # BSDs refuse sizes above kern.ipc.maxsockbuf instead of capping
+            log.info("keeping the default socket {name} ({err})", name=name, err=exc)
+            continue
+        # Linux grants min(asked, sysctl) and reports twice that, room for its bookkeeping (socket(7)).
+        got = skt.getsockopt(socket.SOL_SOCKET, option) // 2 if _LINUX else asked
+        if got < asked:
+            capped.append((name, got, asked, sysctl))
+    return capped
+
+
+def capped_message(capped):
+    """What a listener logs once when the kernel capped its buffers: what it got and the command to raise it."""
+    what = ", ".join(f"{name} capped at {got} bytes (asked {asked})" for name, got, asked, _ in capped)
+    command = " ".join(f"{sysctl}={asked}" for _, _, asked, sysctl in capped)
+    return f"{what}: raise it with `sysctl -w {command}` (and in /etc/sysctl.d/ to keep it)"
 
 
 def _request_pktinfo(skt, family):

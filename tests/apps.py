@@ -110,6 +110,9 @@ class Replies(UDPConsumer):
             await self.channel_layer.send(message["reply_channel"], reply)
 
 
+replies = Replies.as_asgi()
+
+
 async def raw_echo(scope, receive, send):
     """A bare ASGI callable (no lifespan support: it raises on the lifespan scope)."""
     if scope["type"] != "channel":

@@ -3,13 +3,12 @@
 import os
 import shutil
 import socket
-import time
 
 import pytest
 
 from listeners import activation
 from tests.processes import GatewayProcess, listen_fds_wrapper
-from tests.support import skip_or_fail
+from tests.support import DEADLINE, skip_or_fail, wait_until
 from tests.test_twistd import udp_exchange, write
 
 ENV_APP = """
@@ -180,7 +179,7 @@ def test_fd_key_on_ipv6_wildcard_gives_real_destination(tmp_path, processes):
     finally:
         sock.close()
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as client:
-        client.settimeout(5)
+        client.settimeout(DEADLINE)
         client.sendto(b"six", ("::1", port))
         data, source = client.recvfrom(100)
     assert (data, source[:2]) == (b"six", ("::1", port))
@@ -206,7 +205,7 @@ def test_unusable_adopted_socket_exits_1_with_one_line(tmp_path, fields, make, e
                                                 fields.format(other=other)])))
     try:
         gateway = GatewayProcess(write(tmp_path, text, envapp=ENV_APP), pass_fds=[fd])
-        assert gateway.start(ready=False).wait_exit(30) == 1, gateway.log_text()
+        assert gateway.start(ready=False).wait_exit(DEADLINE) == 1, gateway.log_text()
     finally:
         sock.close()
     assert [line for line in gateway.errors if line.strip()] == [
@@ -249,19 +248,13 @@ def test_systemd_socket_activate(tmp_path, processes):
     config = write(tmp_path, one_listener(f"name: echo, type: plain, bind: 127.0.0.1, port: {port}"), envapp=ENV_APP)
     wrapper = [tool, "--datagram", f"--listen=127.0.0.1:{port}", "--fdname=echo"]
     gateway = processes.start(GatewayProcess(config, wrapper=wrapper), ready=False)
-    _wait_listening(gateway, f"Listening on 127.0.0.1:{port}")
+    wait_until(lambda: any(f"Listening on 127.0.0.1:{port}" in line for line in gateway.errors),
+               what="systemd-socket-activate listening")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.sendto(b"wake up", ("127.0.0.1", port))  # it starts twistd on the first datagram
-        gateway.wait_for("udpgateway ready", 30)
+        gateway.wait_for("udpgateway ready", DEADLINE)
         assert gateway.listeners["echo"] == [("127.0.0.1", port)]
-        client.settimeout(5)
+        client.settimeout(DEADLINE)
         client.sendto(b"served", ("127.0.0.1", port))
         assert client.recvfrom(100) == (b"served", ("127.0.0.1", port))
     assert udp_exchange(port, b"env")[0] == b"[None, None, None, False]"
-
-
-def _wait_listening(process, text, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not any(text in line for line in process.errors):
-        assert time.monotonic() < deadline and process.proc.poll() is None, process.log_text()
-        time.sleep(0.05)

@@ -7,7 +7,7 @@ import time
 
 
 from tests import apps
-from tests.support import aio, listener_address, stop
+from tests.support import DEADLINE, aio, eventually, listener_address, stop
 
 def plain(name="echo", bind="127.0.0.1", extra=""):
     return f"  - {{name: {name}, type: plain, bind: '{bind}', port: 0{extra}}}\n"
@@ -17,7 +17,7 @@ def config(*listeners, limits=""):
     return "channel_layer: {backend: memory}\napplication: tests.apps:raw_echo\nlisteners:\n" + "".join(listeners) + limits
 
 
-async def exchange(client, address, data, timeout=5.0):
+async def exchange(client, address, data, timeout=DEADLINE):
     client.send(data, address)
     return await client.receive(timeout)
 
@@ -114,8 +114,8 @@ async def test_connected_listener_hears_only_its_remote(gateway, client):
     data, source = await exchange(remote, address, b"from remote")
     assert (data, source) == (b"from remote", address)
     stranger.send(b"from stranger", address)
-    await stranger.nothing(0.3)
-    await remote.nothing(0.0)
+    assert await remote.flush(address) == []  # the gateway has answered everything sent before the marker
+    assert stranger.received == []
     await service.layer.send("up.out", {"type": "udp.send", "data": b"pushed"})
     assert await remote.receive() == (b"pushed", address)
 
@@ -139,7 +139,7 @@ async def test_bad_replies_dropped_good_one_still_goes_out(gateway, client):
     script = ["WRONG_TYPE", "NO_DATA", "STR_DATA", "HUGE", "BAD_TOKEN", "GOOD"]
     data, _ = await exchange(c, listener_address(service, "echo"), json.dumps(script).encode())
     assert data == b"good"
-    await c.nothing(0.2)
+    assert await c.flush(listener_address(service, "echo"), json.dumps(["GOOD"]).encode(), answer=b"good") == []
     counts = service.counters.snapshot()
     assert counts.get("dropped_bad_message") == 3
     assert counts.get("dropped_too_large") == 1
@@ -154,7 +154,8 @@ async def test_expired_reply_channel_is_dropped(gateway, client):
     message = json.loads((await exchange(c, listener_address(service, "echo"), b"x"))[0])
     await asyncio.sleep(0.5)
     await service.layer.send(message["reply_channel"], {"type": "udp.send", "data": b"late"})
-    await c.nothing(0.3)
+    await eventually(lambda: service.counters.get("dropped_unknown_token") == 1)
+    assert await c.flush(listener_address(service, "echo"), answer=lambda data: data != b"late") == []
     assert service.counters.get("dropped_unknown_token") == 1
 
 
@@ -187,7 +188,8 @@ async def test_least_recently_used_reply_channel_forgotten(gateway, client):
         await service.layer.send(channel, {"type": "udp.send", "data": b"still?"})
     await clients[1].receive()
     await clients[2].receive()
-    await clients[0].nothing(0.3)
+    await eventually(lambda: service.counters.get("dropped_unknown_token") == 1)
+    assert await clients[0].flush(address, answer=lambda data: data != b"still?") == []
     assert service.counters.get("dropped_unknown_token") == 1
 
 
@@ -200,16 +202,13 @@ async def test_past_max_concurrency_datagrams_are_dropped_not_queued(gateway, cl
     address = listener_address(service, "echo")
     for n in range(4):
         c.send(b"%d" % n, address)
-    for _ in range(50):
-        if service.counters.get("received") == 4:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: service.counters.get("received") == 4, what="4 datagrams received")
     assert service.counters.get("dropped_concurrency") == 2
     apps.Slow.release.set()
     replies = await c.receive(count=2)
     assert sorted(d for d, _ in replies) == [b"0", b"1"]
     assert apps.Slow.peak == 2
-    await c.nothing(0.2)
+    assert await c.flush(address) == []  # the dropped two are never answered
 
 
 @aio

@@ -4,18 +4,21 @@ import asyncio
 import errno
 import os
 import socket
+import sys
 
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, formatEvent
 
 from gateway.config import ListenerConfig, Remote
 from gateway.stats import Counters, QuietLog
 from listeners import KINDS
 from listeners.base import Route, display_address
-from listeners.ports import _PortProtocol, socket_address
-from tests.support import aio
+from listeners.ports import (
+    GatewayMulticastPort, GatewayPort, _PortProtocol, capped_message, size_buffers, socket_address,
+)
+from tests.support import aio, eventually
 
 
 def make(kind="plain", **overrides):
@@ -231,3 +234,116 @@ def test_leave_errors_gone_interface_silent_others_logged_once(monkeypatch, code
     if warned:
         assert (failed[0]["iface"], failed[0]["err"].errno) == ("eth9", code)
     assert sum("left" in e["log_format"] for e in events) == 2
+
+
+def _sysctl(name):
+    with open(f"/proc/sys/net/core/{name}") as file:
+        return int(file.read())
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux caps buffers at rmem_max")
+
+
+def _buffers(skt):
+    return skt.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), skt.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+
+
+@linux_only
+def test_size_buffers_under_the_caps_are_granted():
+    """Sizes under rmem_max/wmem_max are granted (Linux reads back twice the size) and nothing is capped."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as skt:
+        assert size_buffers(skt, 65536, 32768) == []
+        assert _buffers(skt) == (131072, 65536)
+
+
+@linux_only
+def test_size_buffers_leaves_sndbuf_alone_when_not_asked():
+    """sndbuf None keeps the system's default send buffer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as fresh, socket.socket(socket.AF_INET6,
+                                                                                   socket.SOCK_DGRAM) as skt:
+        assert size_buffers(skt, 65536, None) == []
+        assert _buffers(skt) == (131072, _buffers(fresh)[1])
+
+
+@linux_only
+def test_size_buffers_reports_what_the_kernel_capped():
+    """Past net.core.rmem_max/wmem_max the kernel grants the cap; each capped buffer is reported with its sysctl."""
+    rmem_max, wmem_max = _sysctl("rmem_max"), _sysctl("wmem_max")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as skt:
+        capped = size_buffers(skt, rmem_max + 4096, wmem_max + 8192)
+        assert _buffers(skt) == (2 * rmem_max, 2 * wmem_max)
+    assert capped == [("SO_RCVBUF", rmem_max, rmem_max + 4096, "net.core.rmem_max"),
+                      ("SO_SNDBUF", wmem_max, wmem_max + 8192, "net.core.wmem_max")]
+    assert capped_message(capped[:1]) == (
+        f"SO_RCVBUF capped at {rmem_max} bytes (asked {rmem_max + 4096}): raise it with "
+        f"`sysctl -w net.core.rmem_max={rmem_max + 4096}` (and in /etc/sysctl.d/ to keep it)")
+    assert capped_message(capped).endswith(
+        f"raise it with `sysctl -w net.core.rmem_max={rmem_max + 4096} net.core.wmem_max={wmem_max + 8192}` "
+        "(and in /etc/sysctl.d/ to keep it)")
+
+
+@linux_only
+@pytest.mark.parametrize("port_class", [GatewayPort, GatewayMulticastPort])
+def test_port_sockets_get_the_buffers_asked(port_class):
+    """Both kinds of port create their socket with the rcvbuf and sndbuf set on them (4 MiB receive by default)."""
+    port = port_class(0, _PortProtocol(make()[0], 0), "127.0.0.1")
+    with port.createInternetSocket() as skt:
+        assert _buffers(skt)[0] == 2 * min(4 * 1024 * 1024, _sysctl("rmem_max"))
+    port.rcvbuf, port.sndbuf = 65536, 16384
+    with port.createInternetSocket() as skt:
+        assert _buffers(skt) == (131072, 32768)
+        assert port.capped == []
+
+
+@linux_only
+@aio
+async def test_capped_buffers_give_one_warning_per_listener(monkeypatch):
+    """A listener whose sockets the kernel capped logs one warning with the sysctl command, however many sockets;
+    its sockets hold what the kernel granted and the listener still serves."""
+    from twisted.internet import reactor
+
+    from listeners import base
+
+    events = []
+    monkeypatch.setattr(base, "log", Logger(observer=events.append))
+    rmem_max = _sysctl("rmem_max")
+    asked = min(rmem_max * 2, 1 << 30)
+    received = []
+    config = ListenerConfig(name="echo", type="plain", port=0, bind=("127.0.0.1", "::1"), rcvbuf=asked)
+    listener = KINDS["plain"](config, sink=received.append, reactor=reactor, counters=Counters(),
+                              quiet=QuietLog(clock=Clock()))
+    listener.startService()
+    try:
+        assert [_buffers(port.socket)[0] for port in listener.ports] == [2 * rmem_max] * 2
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        assert warnings == [
+            f"listener echo: SO_RCVBUF capped at {rmem_max} bytes (asked {asked}): raise it with "
+            f"`sysctl -w net.core.rmem_max={asked}` (and in /etc/sysctl.d/ to keep it)"
+        ]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.sendto(b"still served", listener.addresses()[0])
+            await eventually(lambda: received, what="the datagram")
+        assert received[0].data == b"still served"
+    finally:
+        await Deferred.asFuture(listener.stopService(), asyncio.get_event_loop())
+
+
+@linux_only
+@aio
+async def test_buffers_within_the_caps_give_no_warning(monkeypatch):
+    """A listener granted what it asked logs no warning, and its socket reads back the sizes asked."""
+    from twisted.internet import reactor
+
+    from listeners import base
+
+    events = []
+    monkeypatch.setattr(base, "log", Logger(observer=events.append))
+    config = ListenerConfig(name="l", type="plain", port=0, bind=("127.0.0.1",), rcvbuf=131072, sndbuf=65536)
+    listener = KINDS["plain"](config, sink=lambda datagram: None, reactor=reactor, counters=Counters(),
+                              quiet=QuietLog(clock=Clock()))
+    listener.startService()
+    try:
+        assert _buffers(listener.ports[0].socket) == (262144, 131072)
+        assert [e for e in events if e["log_level"] == LogLevel.warn] == []
+    finally:
+        await Deferred.asFuture(listener.stopService(), asyncio.get_event_loop())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import GatewayProcess
-from tests.support import skip_or_fail
+from tests.support import DEADLINE, skip_or_fail
 from tests.test_twistd import ECHO_APP, udp_exchange
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,7 +174,7 @@ def test_reload_cannot_bind_a_low_port_after_privileges_dropped(world_readable_i
         start = gateway.mark()
         config.write_text(config.read_text() + listener.format(name="low", port=other))
         gateway.send_signal(signal.SIGHUP)
-        line = gateway.wait_for("reload: rolled back", 20, start=start)
+        line = gateway.wait_for("reload: rolled back", DEADLINE, start=start)
         assert f"listener low: cannot bind 127.0.0.1:{other}: [Errno 13] Permission denied" in line
         assert udp_exchange(port, b"still") == (b"still", ("127.0.0.1", port))
         assert gateway.stop(signum=signal.SIGTERM) == 0, gateway.log_text()

@@ -11,7 +11,7 @@ from gateway.config import load_config
 from gateway.reload import plan, summary
 from tests.processes import GatewayProcess
 from tests.scaleout import counters
-from tests.support import aio
+from tests.support import DEADLINE, aio
 from tests.test_twistd import udp_exchange
 
 # Replies later, to a reply channel kept from an earlier message: a token issued before the reload.
@@ -75,7 +75,7 @@ def reload_with(gateway, path, text, expect):
     start = gateway.mark()
     path.write_text(text)
     gateway.send_signal(signal.SIGHUP)
-    gateway.wait_for(expect, 20, start=start)
+    gateway.wait_for(expect, DEADLINE, start=start)
     return gateway.lines[start:]
 
 
@@ -89,7 +89,7 @@ class Client:
     def __init__(self):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(5)
+        self.sock.settimeout(DEADLINE)
 
     def ask(self, port, data):
         self.sock.sendto(data, ("127.0.0.1", port))
@@ -169,9 +169,7 @@ def test_unchanged_listener_keeps_socket_and_reply_channels(running):
         assert not any("listener a (plain) on" in line for line in lines)  # a kept its socket
         assert udp_exchange(last_port(gateway, "b"), b"now")[0] == b"sent"  # the app answers both stored channels
         assert kept.sock.recvfrom(100) == (b"late", ("127.0.0.1", a))
-        lost.sock.settimeout(0.5)
-        with pytest.raises(socket.timeout):
-            lost.sock.recvfrom(100)
+        assert lost.ask(a, b"marker") == (b"marker", ("127.0.0.1", a))  # no b"late" came before it
     finally:
         kept.close()
         lost.close()
@@ -238,11 +236,11 @@ def test_sighup_while_stopping_is_ignored(running):
         client.sendto(b"hang", ("127.0.0.1", gateway.port("a")))
         start = gateway.mark()
         gateway.send_signal(signal.SIGTERM)
-        gateway.wait_for("received SIGTERM, stopping", 10, start=start)
+        gateway.wait_for("received SIGTERM, stopping", DEADLINE, start=start)
         gateway.send_signal(signal.SIGHUP)
-        gateway.wait_for("reload: ignored, the gateway is stopping", 10, start=start)
+        gateway.wait_for("reload: ignored, the gateway is stopping", DEADLINE, start=start)
         gateway.send_signal(signal.SIGTERM)  # cut the drain short
-        assert gateway.wait_exit(20) == 0
+        assert gateway.wait_exit(DEADLINE) == 0
 
 
 @aio
@@ -256,7 +254,7 @@ async def test_sighup_during_a_reload_is_ignored(gateway):
     try:
         service.on_sighup()
         service.on_sighup()
-        await asyncio.wait_for(asyncio.shield(service._reloading), 10)
+        await asyncio.wait_for(asyncio.shield(service._reloading), DEADLINE)
     finally:
         globalLogPublisher.removeObserver(events.append)
     text = [formatEvent(event) for event in events]
@@ -294,4 +292,4 @@ def test_reload_moves_a_multicast_listener_to_other_groups(pair, run_gateway, tm
     assert answer(ask(pair, G4, 5000)[0])[1]["server"] == [G4, 5000]
     reload_with(gateway, path, text.format("239.1.2.4"), "reload: rebound m")
     assert answer(ask(pair, "239.1.2.4", 5000)[0])[1]["server"] == ["239.1.2.4", 5000]
-    assert ask(pair, G4, 5000, timeout=1)[0] == []
+    assert ask(pair, G4, 5000, marker=(pair.gw4, 5000))[0] == []  # the old group is no longer heard

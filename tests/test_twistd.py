@@ -3,12 +3,14 @@
 import signal
 import socket
 import subprocess
+import sys
 
 import pytest
 
 from tests.processes import UDPGATEWAY, GatewayProcess, child_env
 from tests.scaleout import counters
 from tests.udpclients import Clients
+from tests.support import DEADLINE
 
 ECHO_APP = """
 from gateway.consumer import UDPConsumer
@@ -43,7 +45,7 @@ def echo_config(port=0, app="echoapp:application"):
     return f"application: {app}\nlisteners:\n  - {{name: echo, type: plain, bind: 127.0.0.1, port: {port}}}\n"
 
 
-def udp_exchange(port, data=b"ping", host="127.0.0.1", timeout=5.0):
+def udp_exchange(port, data=b"ping", host="127.0.0.1", timeout=DEADLINE):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         s.sendto(data, (host, port))
@@ -78,10 +80,30 @@ def test_twistd_logs_each_listener_with_its_real_port(tmp_path, processes):
     assert gateway.listeners["b"][0][0] == "::1"
 
 
-def test_twistd_refuses_bad_config_with_exit_2(tmp_path):
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux caps buffers at net.core.rmem_max")
+def test_twistd_warns_once_when_linux_caps_rcvbuf(tmp_path, processes):
+    """A listener asking for more than net.core.rmem_max gets one startup warning naming the sysctl command;
+    one within it gets none, and both serve."""
+    with open("/proc/sys/net/core/rmem_max") as file:
+        rmem_max = int(file.read())
+    asked = min(2 * rmem_max, 1 << 30)
+    text = ("application: echoapp:application\nlisteners:\n"
+            f"  - {{name: big, type: plain, bind: 127.0.0.1, port: 0, rcvbuf: {asked}}}\n"
+            "  - {name: small, type: plain, bind: 127.0.0.1, port: 0, rcvbuf: 65536, sndbuf: 65536}\n")
+    gateway = processes.start(GatewayProcess(write(tmp_path, text, echoapp=ECHO_APP)))
+    for name in ("big", "small"):
+        assert udp_exchange(gateway.port(name), b"hello") == (b"hello", ("127.0.0.1", gateway.port(name)))
+    line = gateway.wait_for("capped")
+    assert line.endswith(f"listener big: SO_RCVBUF capped at {rmem_max} bytes (asked {asked}): raise it with "
+                         f"`sysctl -w net.core.rmem_max={asked}` (and in /etc/sysctl.d/ to keep it)")
+    assert gateway.count("capped") == 1
+    assert gateway.stop() == 0
+
+
+def test_twistd_refuses_bad_config_with_exit_2(tmp_path, processes):
     """A bad config makes twistd exit 2 with one line per problem on stderr and no traceback."""
     text = "listeners:\n  - {name: x, type: plain, bind: 127.0.0.1, port: 70000, colour: red}\n"
-    gateway = GatewayProcess(write(tmp_path, text)).start(ready=False)
+    gateway = processes.start(GatewayProcess(write(tmp_path, text)), ready=False)
     assert gateway.wait_exit() == 2
     errors = [line for line in gateway.errors if line.strip()]
     assert any("listeners[0].port" in line for line in errors), errors
@@ -91,12 +113,12 @@ def test_twistd_refuses_bad_config_with_exit_2(tmp_path):
     assert not any("listener x" in line for line in gateway.lines)
 
 
-def test_twistd_port_in_use_exits_1_with_one_line(tmp_path):
+def test_twistd_port_in_use_exits_1_with_one_line(tmp_path, processes):
     """A port that cannot be bound stops the gateway with exit 1 and one line naming it."""
     holder = free_port_holder()
     try:
         port = holder.getsockname()[1]
-        gateway = GatewayProcess(write(tmp_path, echo_config(port), echoapp=ECHO_APP)).start(ready=False)
+        gateway = processes.start(GatewayProcess(write(tmp_path, echo_config(port), echoapp=ECHO_APP)), ready=False)
         assert gateway.wait_exit() == 1
         assert any(f"127.0.0.1:{port}" in line and "listener echo" in line for line in gateway.errors), gateway.errors
         assert "Traceback" not in "\n".join(gateway.errors)
@@ -104,10 +126,10 @@ def test_twistd_port_in_use_exits_1_with_one_line(tmp_path):
         holder.close()
 
 
-def test_twistd_failed_lifespan_startup_exits_1(tmp_path):
+def test_twistd_failed_lifespan_startup_exits_1(tmp_path, processes):
     """A failed lifespan startup exits 1 with its message and no traceback."""
     gateway = GatewayProcess(write(tmp_path, echo_config(app="broken:application"), broken=FAILING_STARTUP))
-    gateway.start(ready=False)
+    processes.start(gateway, ready=False)
     assert gateway.wait_exit() == 1
     assert any("database is not there" in line for line in gateway.errors), gateway.errors
     assert "Traceback" not in "\n".join(gateway.errors)

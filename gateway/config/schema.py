@@ -1,4 +1,4 @@
-"""Helpers of config.py: Key tables and their walker, and the value checks."""
+"""Key: one key of a table; Walker: checks data against tables, collecting problems; the value checks."""
 
 import difflib
 import ipaddress
@@ -189,6 +189,26 @@ def ip(text):
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+def ip_network(text):
+    """An IPv4Network or IPv6Network (host bits cleared; a bare address is a /32 or /128), or None."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def network(value):
+    """Check: a network in CIDR notation or a bare address, without host bits set."""
+    found = ip_network(value)
+    if found is None:
+        return f"{value!r} is not an IP address or network (like 192.0.2.0/24 or 2001:db8::/32)"
+    try:
+        ipaddress.ip_network(value)
+    except ValueError:
+        return f"{value} has host bits set; did you mean {found}?"
+    return None
 
 
 def looks_like_address(text):
