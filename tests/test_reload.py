@@ -107,10 +107,12 @@ def test_plan_and_summary(tmp_path):
     path.write_text(listeners_yaml(plain("a"), plain("b"), plain("c")))
     old = load_config(str(path))[0]
     path.write_text(listeners_yaml(plain("a"), plain("c", more="channel: c.in"), plain("d"), app="otherapp:application",
-                                   extra="limits: {reply_ttl: 5, max_concurrency: 7}\n"))
+                                   extra="limits: {reply_ttl: 5, max_concurrency: 7}\nmetrics: {port: 0}\n"))
     change = plan(old, load_config(str(path))[0])
     assert summary(change) == ("reload: added d, removed b, rebound c, unchanged a; limits reply_ttl applied; "
-                               "application change needs a restart; limits.max_concurrency change needs a restart")
+                               "application change needs a restart; metrics change needs a restart; "
+                               "limits.max_concurrency change needs a restart")
+    assert change.config.metrics is None
     assert change.config.application == "laterapp:application"
     assert (change.config.limits.reply_ttl, change.config.limits.max_concurrency) == (5.0, 1000)
 
