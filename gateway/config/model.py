@@ -71,7 +71,7 @@ class ListenerConfig:
 
     name: str
     type: str
-    port: int
+    port: int | None = None  # None only with `fd`: the adopted socket's port
     channel: str = DEFAULT_CHANNEL
     bind: tuple[str, ...] = ()
     bind_interface: str | None = None
@@ -89,6 +89,7 @@ class ListenerConfig:
     amplification: float | None = 10.0
     rcvbuf: int = RECEIVE_BUFFER
     sndbuf: int | None = None
+    fd: int | None = None  # adopt this already-bound socket instead of binding
 
 
 @dataclass(frozen=True)
