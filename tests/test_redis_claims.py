@@ -106,7 +106,7 @@ def require_rmem_max(size=4 * 1024 * 1024):
                      "(sysctl -w net.core.rmem_max=4194304, as .ci/run does)")
 
 
-def test_burst_of_1000_through_two_workers_gets_exactly_1000_replies(tmp_path, processes, redis_server):
+def test_burst_of_1000_through_two_workers_gets_exactly_1000_replies(tmp_path, processes, redis_server, core_backend):
     """1,000 datagrams at once from 100 sockets through a gateway and two workers get exactly 1,000 replies, none twice."""
     require_rmem_max()
     path = write_config(tmp_path, redis_server.url)
@@ -132,7 +132,7 @@ def test_burst_of_1000_through_two_workers_gets_exactly_1000_replies(tmp_path, p
     assert not [name for name in stats if name.startswith("dropped_")], stats
 
 
-def test_several_redis_hosts_every_datagram_received_once(tmp_path, processes):
+def test_several_redis_hosts_every_datagram_received_once(tmp_path, processes, core_backend):
     """With two Redis hosts (ring_size 2) the gateway spreads udp.receive over both, and two workers receive
     every datagram exactly once."""
     servers = []
