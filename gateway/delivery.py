@@ -1,4 +1,4 @@
-"""Datagram → `udp.receive` on the layer: tokens, readiness, a bounded queue of layer sends."""
+"""Datagram → `udp.receive`: tokens, readiness, admission; straight to the app, or a bounded queue of layer sends."""
 
 import asyncio
 
@@ -9,22 +9,26 @@ SEND_QUEUE = 1000  # datagrams waiting for a layer send; past it the arriving on
 
 
 class Delivery:
-    """The listeners' sink: turns each Datagram into a message and sends it, bounded.
+    """The listeners' sink: turns each Datagram into a message and delivers it, bounded.
 
-    Sends run in `senders` worker tasks pulling from one bounded queue; the
-    layer itself is a BoundedLayer, so they share `max_layer_sends` with the
-    application's own sends.
+    With `runner` (the memory layer, the application in this process) the
+    message goes straight to a new application instance, started at once, if
+    `admission` has a free slot; else the datagram is dropped and counted. The
+    application sees exactly what the layer would have handed it. Otherwise
+    sends run in `senders` tasks pulling from one bounded queue; the layer is a
+    BoundedLayer, so they share `max_layer_sends` with the application's sends.
     """
 
     def __init__(self, layer, tokens, prefix, channels, *, senders, counters, quiet, runner=None,
-                 on_token=None, queue_size=SEND_QUEUE):
+                 admission=None, on_token=None, queue_size=SEND_QUEUE):
         self.layer = layer
         self.tokens = tokens
         self.prefix = prefix
         self.channels = channels  # listener name -> channel
         self.counters = counters
         self.quiet = quiet
-        self.runner = runner      # set in memory mode: reserve a slot or drop
+        self.runner = runner      # set in memory mode: hand messages to it directly
+        self.admission = admission
         self.on_token = on_token
         self.ready = False
         self._senders = senders
@@ -32,7 +36,8 @@ class Delivery:
         self._tasks = []
 
     def start(self):
-        self._tasks = [asyncio.ensure_future(self._send_loop()) for _ in range(self._senders)]
+        if self.runner is None:
+            self._tasks = [asyncio.ensure_future(self._send_loop()) for _ in range(self._senders)]
 
     async def stop(self, timeout=1.0):
         """Give queued messages a moment to reach the layer, then stop the senders."""
@@ -50,22 +55,28 @@ class Delivery:
         if not self.ready:
             self._drop("not_ready", "datagram arrived before startup completed or during stop")
             return
-        if self.runner is not None and not self.runner.try_reserve():
+        if self.runner is not None and not self.admission.try_acquire():
             self._drop("concurrency", "max_concurrency application calls are running")
             return
+        message = self._message(datagram)
+        channel = self.channels[datagram.listener]
+        if self.runner is not None:
+            self.runner.run(channel, message)
+            return
+        try:
+            self._queue.put_nowait((channel, message))
+        except asyncio.QueueFull:
+            self._drop("queue_full", "the queue of layer sends is full")
+
+    def _message(self, datagram):
         token = self.tokens.token_for((datagram.listener, datagram.client),
                                       (datagram.listener, datagram.version, datagram.route))
         if self.on_token is not None:
             self.on_token(token)
-        message = build_receive(
+        return build_receive(
             data=datagram.data, client=datagram.client, server=datagram.server,
             listener=datagram.listener, reply_channel=self.prefix + token, interface=datagram.interface,
         )
-        try:
-            self._queue.put_nowait((self.channels[datagram.listener], message))
-        except asyncio.QueueFull:
-            self._unreserve()
-            self._drop("queue_full", "the queue of layer sends is full")
 
     async def _send_loop(self):
         while True:
@@ -75,15 +86,10 @@ class Delivery:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._unreserve()
                 reason = "channel_full" if type(exc).__name__ == "ChannelFull" else "layer_error"
                 self._drop(reason, f"sending to {channel} failed: {error_text(exc)}")
             finally:
                 self._queue.task_done()
-
-    def _unreserve(self):
-        if self.runner is not None:
-            self.runner.unreserve()
 
     def _drop(self, reason, why):
         self.counters.incr(f"dropped_{reason}")

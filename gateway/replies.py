@@ -128,3 +128,33 @@ class ReplyPump:
         if listener is None or not listener.running:
             raise BadReply("unknown_token", f"listener {name} is stopped")
         return listener.send_reply(route, data, multicast)
+
+
+class DirectReplies:
+    """The layer as the application sees it on the memory layer: its own replies skip the queue.
+
+    A send to one of this process's reply channels is checked as the layer
+    checks it (name, dict) and handed to the pump, which validates and writes it
+    before send() returns: no event-loop hop, and no shared queue whose capacity
+    one call's many replies could exhaust for every other client. Everything
+    else (other channels, groups, receive) is the layer's own behaviour.
+    """
+
+    def __init__(self, layer, pump):
+        self.inner = layer
+        self._pump = pump
+        self._prefix = pump.prefix
+        self._check_name = layer.require_valid_channel_name
+
+    def __getattr__(self, name):
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def send(self, channel, message):
+        if isinstance(channel, str) and channel.startswith(self._prefix):
+            assert isinstance(message, dict), "message is not a dict"
+            self._check_name(channel)
+            self._pump.handle(channel, message)
+            return
+        await self.inner.send(channel, message)

@@ -1,14 +1,17 @@
 """GatewayService: wires layer, listeners, tokens, pump and runner, and orders start and stop."""
 
+import gc
+
 from twisted.internet import error
 from twisted.logger import Logger
 
 from gateway import health, layers
+from gateway.admission import Admission
 from gateway.delivery import Delivery
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
 from gateway.process import DRAIN_TIMEOUT, AsyncService, StartupError
-from gateway.replies import ReplyPump
+from gateway.replies import DirectReplies, ReplyPump
 from gateway.runner import AppRunner
 from gateway.tokens import TokenTable
 from listeners import KINDS
@@ -27,7 +30,7 @@ class GatewayService(AsyncService):
         super().__init__(reactor=reactor, on_fatal=on_fatal, signals=signals)
         self.config = config
         self.app = app
-        self.layer = self.runner = self.pump = self.delivery = self.lifespan = None
+        self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.admission = None
         self.listeners = {}
 
     # -- start -----------------------------------------------------------
@@ -38,25 +41,30 @@ class GatewayService(AsyncService):
         prefix = reply_prefix(layers.gateway_id(self.layer.inner))
         self.tokens = TokenTable(max_entries=limits.max_reply_channels, ttl=limits.reply_ttl,
                                  clock=self._reactor, on_forget=self._forget_token)
-        self._make_runner()
+        self.admission = Admission(limits.max_concurrency)
+        self.counters.gauges.update(reply_channels=self.tokens.__len__, calls_in_flight=lambda: self.admission.in_use)
         self.delivery = Delivery(
             self.layer, self.tokens, prefix, {l.name: l.channel for l in self.config.listeners},
             senders=limits.max_layer_sends, counters=self.counters, quiet=self.quiet,
-            runner=self.runner if self.runner and self.runner.reserve_mode else None,
-            on_token=self._new_token,
+            admission=self.admission,
         )
         self._bind_listeners()
         send_channels = {l.send_channel: self.listeners[l.name] for l in self.config.listeners if l.send_channel}
         self.pump = ReplyPump(self.layer, prefix, self.tokens, self.listeners, send_channels,
                               counters=self.counters, quiet=self.quiet)
+        if not self.pump.prefix_receive:
+            self.delivery.on_token = self.pump.watch  # one receive per live reply channel
+        app_layer = self._make_runner()
         self.pump.start()
         self.delivery.start()
         if self.app is not None:
-            self.lifespan = Lifespan(self.app, self.layer)
+            self.lifespan = Lifespan(self.app, app_layer)
             await self.lifespan.startup()
             self.runner.start()
         self.delivery.ready = True
         self._reporter.start()
+        if self._signals:  # the whole process (twistd): what exists now lives as long as it
+            gc.freeze()
         log.info("udpgateway ready: {n} listener(s), reply channels {prefix}*", n=len(self.listeners), prefix=prefix)
 
     def _make_layer(self):
@@ -68,13 +76,22 @@ class GatewayService(AsyncService):
         return layers.make_layer(self.config.channel_layer.backend, layer_config)
 
     def _make_runner(self):
+        """The application runner, if any; on the memory layer it takes datagrams straight from delivery.
+
+        Returns the layer the application sees (its own replies skip the
+        memory layer's queue there).
+        """
         if self.app is None:
-            return
-        channels = [l.channel for l in self.config.listeners]
+            return self.layer
+        memory = self.config.channel_layer.backend == "memory"
+        app_layer = DirectReplies(self.layer, self.pump) if memory else self.layer
         self.runner = AppRunner(
-            self.app, self.layer, channels, max_concurrency=self.config.limits.max_concurrency,
-            counters=self.counters, quiet=self.quiet, reserve=self.config.channel_layer.backend == "memory",
+            self.app, self.layer, [l.channel for l in self.config.listeners], admission=self.admission,
+            counters=self.counters, quiet=self.quiet, app_layer=app_layer, wait_before_receive=not memory,
         )
+        if memory:
+            self.delivery.runner = self.runner
+        return app_layer
 
     def _bind_listeners(self):
         for listener_config in self.config.listeners:
@@ -93,10 +110,6 @@ class GatewayService(AsyncService):
             finally:
                 if listener.running:
                     self.listeners[listener.name] = listener
-
-    def _new_token(self, token):
-        if self.pump is not None:
-            self.pump.watch(token)
 
     def _forget_token(self, token):
         if self.pump is not None:

@@ -19,6 +19,7 @@ class Counters:
         self._counts = Counter()
         self._changes = 0
         self._reported = 0
+        self.gauges = {}  # name -> callable: sizes shown in the summary line (reply_channels, ...)
 
     def incr(self, name, n=1):
         if n:
@@ -40,9 +41,11 @@ class Counters:
 
 
 def summary_line(counters):
-    """One log line, "counters: a=1 b=2": the non-zero counters sorted by name."""
+    """One log line, "counters: a=1 b=2": the non-zero counters sorted by name, then the gauges."""
     counts = sorted(item for item in counters.snapshot().items() if item[1])
-    return "counters: " + (" ".join(f"{k}={v}" for k, v in counts) or "all zero")
+    line = "counters: " + (" ".join(f"{k}={v}" for k, v in counts) or "all zero")
+    gauges = " ".join(f"{name}={read()}" for name, read in sorted(counters.gauges.items()))
+    return f"{line}; {gauges}" if gauges else line
 
 
 class QuietLog:

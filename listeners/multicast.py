@@ -29,6 +29,7 @@ class MulticastListener(BaseListener):
     """Joins its groups on each interface, follows interfaces that come and go, sends to groups."""
 
     kind = "multicast"
+    fixed_interface = False  # joins follow interfaces that come and go
 
     def __init__(self, config, *, sink, reactor, counters, quiet, poll_interval=5.0):
         super().__init__(config, sink=sink, reactor=reactor, counters=counters, quiet=quiet)

@@ -7,6 +7,7 @@ from twisted.internet import protocol, udp
 from twisted.logger import Logger
 
 from listeners import sockopts
+from listeners.packets import Arrival
 
 MAX_PACKET = 65535  # Twisted's default of 8192 silently truncates larger datagrams.
 RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes asked for each socket; Linux caps it at net.core.rmem_max
@@ -55,9 +56,9 @@ class _PortMixin:
                     return
                 raise
             read += max(len(data), 64)
-            dst, ifindex, spec_dst = sockopts.parse_pktinfo(ancdata)
+            arrival = _arrival(addr, ancdata) if ancdata else Arrival(addr)
             try:
-                self.protocol.packet_received(data, addr, dst, ifindex, spec_dst)
+                self.protocol.packet_received(data, arrival)
             except Exception:
                 log.failure("listener failed to handle a datagram")
 
@@ -74,6 +75,11 @@ class _PortMixin:
         if info[1] is None:
             raise OSError(errno.ENOPROTOOPT, "this platform cannot choose a datagram's source or interface")
         return self.socket.sendmsg([data], [info], 0, address)
+
+
+def _arrival(addr, ancdata):
+    dst, ifindex, spec_dst = sockopts.parse_pktinfo(ancdata)
+    return Arrival(addr, dst, ifindex or 0, spec_dst)
 
 
 def _raise_receive_buffer(skt):
@@ -144,11 +150,11 @@ class _PortProtocol(protocol.DatagramProtocol):
         # Twisted's own lines ("... starting on 9999") then name the listener.
         return f"listener {self._listener.name}"
 
-    def packet_received(self, data, addr, dst, ifindex, spec_dst):
-        self._listener.packet_received(self._index, data, addr, dst, ifindex, spec_dst)
+    def packet_received(self, data, arrival):
+        self._listener.packet_received(self._index, data, arrival)
 
     def datagramReceived(self, data, addr):
-        self.packet_received(data, addr, None, None, None)
+        self.packet_received(data, Arrival(addr))
 
     def connectionRefused(self):
         self._listener.connection_refused()

@@ -108,6 +108,7 @@ class Looping:
     def __init__(self, scope):
         self.scope = scope
         type(self).instances += 1
+        self.number = type(self).instances  # not id(): a finished instance's id can be reused at once
 
     @classmethod
     def as_asgi(cls):
@@ -117,6 +118,6 @@ class Looping:
             consumer = cls(scope)
             while True:
                 message = await receive()
-                cls.handled.append((id(consumer), message["data"]))
+                cls.handled.append((consumer.number, message["data"]))
                 await scope["channel_layer"].send(message["reply_channel"], {"type": "udp.send", "data": message["data"]})
         return app

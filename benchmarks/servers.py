@@ -1,0 +1,124 @@
+"""The benchmark's server processes: start one and learn its port, read its RSS and counters, stop it by PID."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BIN = Path(sys.executable).parent
+LISTENER_LINE = r"listener bench \(plain\) on \S+:(\d+)"
+
+
+class Server:
+    """One process we started: its log lines are kept (bounded) so its counters can be read."""
+
+    def __init__(self, proc, port):
+        self.proc = proc
+        self.port = port
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:  # keep draining so a full pipe never blocks the server
+            self.lines.append(line)
+            del self.lines[:-200]
+
+    def rss_mb(self):
+        """Resident set size from /proc/PID/status, in MB."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+    def counters(self, timeout=5.0):
+        """{name: value} of the gateway's counters and gauges, from the line SIGUSR1 makes it log."""
+        seen = len(self.lines)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[seen:]:
+                if "counters:" in line:
+                    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line.split("counters:", 1)[1])}
+            time.sleep(0.05)
+        return {}
+
+    def stop(self):
+        stop(self.proc)
+
+
+def start(argv, pattern, cwd, env=None):
+    """Start a server process; a Server once a log line matches `pattern` (port: its group, if any)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), **(env or {}))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
+    watchdog = threading.Timer(30, proc.kill)  # a server that never logs its port is killed
+    watchdog.start()
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return Server(proc, int(match.group(1)) if match.re.groups else None)
+    finally:
+        watchdog.cancel()
+    proc.kill()
+    proc.wait(5)
+    raise RuntimeError(f"{argv[0]} did not start:\n{''.join(seen[-20:])}")
+
+
+def start_gateway(tmp, name, yaml_text, env=None):
+    config = Path(tmp) / f"{name}.yaml"
+    config.write_text(yaml_text)
+    argv = [str(BIN / "twistd"), "-n", f"--pidfile={tmp}/{name}.pid", "udpgateway", "-c", str(config)]
+    return start(argv, LISTENER_LINE, tmp, env)
+
+
+def start_raw(tmp):
+    return start([sys.executable, str(HERE / "raw_echo.py")], r"raw echo on \S+:(\d+)", tmp)
+
+
+def stop(proc):
+    """SIGTERM, then SIGKILL after 10 s: only this process, by its PID."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+REDIS_YAML = """\
+channel_layer:
+  backend: channels_redis.core.RedisChannelLayer
+  config:
+    hosts: ["redis://127.0.0.1:{port}/0"]
+    channel_capacity: {{"udp.receive": 10000, "udp.send.*": 10000}}
+application: ${{UDPGATEWAY_APPLICATION:-}}
+listeners:
+  - {{name: bench, type: plain, bind: 127.0.0.1, port: 0}}
+"""
+
+
+def start_redis_topology(tmp, servers):
+    """redis-server, a gateway without application and two workers, each added to `servers` as it
+    starts (so a failure part-way still stops them); returns the gateway."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    servers.append(start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--dir", tmp], r"Ready to accept connections", tmp))
+    gateway = start_gateway(tmp, "redis", REDIS_YAML.format(port=port))
+    servers.append(gateway)
+    config = str(Path(tmp) / "redis.yaml")
+    for _ in range(2):
+        servers.append(start([str(BIN / "udpgateway"), "worker", "-c", config], r"udpgateway worker consuming",
+                             tmp, {"UDPGATEWAY_APPLICATION": "echo:application"}))
+    return gateway
