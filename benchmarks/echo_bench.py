@@ -49,7 +49,7 @@ SMOKE = dict(pings=50, count=300, many=50, rounds=1, budget=5.0, sources=500, fl
 
 
 def settings(p):
-    """(label, measure(port) -> result dict) of the side-by-side settings."""
+    """(label, measure(server) -> result dict) of the side-by-side settings."""
     return [
         ("window 1, 64 B", lambda port: _ping(port, p["pings"], 64, p["budget"])),
         ("window 1, 1400 B", lambda port: _ping(port, p["pings"], 1400, p["budget"])),
@@ -78,7 +78,10 @@ def side_by_side(raw, gateway, p):
         for n in range(p["rounds"]):
             order = [("raw", raw), ("gateway", gateway)]
             for name, server in order if n % 2 == 0 else reversed(order):
-                rounds[name].append(measure(server.port))
+                cpu = server.cpu_seconds()
+                result = measure(server.port)
+                result["cpu_us"] = (server.cpu_seconds() - cpu) / max(1, result["matched"]) * 1e6
+                rounds[name].append(result)
         results[label] = {name: _median(runs) for name, runs in rounds.items()}
         print(f"  {label}: raw {results[label]['raw']['rate']:,.0f}/s, gateway "
               f"{results[label]['gateway']['rate']:,.0f}/s", file=sys.stderr, flush=True)
@@ -158,6 +161,8 @@ def table(results, quiet, flood, p):
         raw, gw = pair["raw"], pair["gateway"]
         rows.append((f"{label}: replies/s", f"{raw['rate']:,.0f}", f"{gw['rate']:,.0f}",
                      f"x{gw['rate'] / raw['rate']:.2f}"))
+        rows.append((f"{label}: server CPU us/datagram", f"{raw['cpu_us']:.0f}", f"{gw['cpu_us']:.0f}",
+                     f"x{gw['cpu_us'] / raw['cpu_us']:.2f}" if raw["cpu_us"] else ""))
         if "p50" in raw:
             for q in ("p50", "p99"):
                 rows.append((f"{label}: {q} latency (us)", f"{raw[q]:,.0f}", f"{gw[q]:,.0f}", f"x{gw[q] / raw[q]:.2f}"))
@@ -170,7 +175,7 @@ def table(results, quiet, flood, p):
          f"{quiet['rss_before']:.0f} / {quiet['peak1']:.0f}", f"+{growth:.0f} MB"),
         (f"  after reply_ttl ({p['ttl']} s) / second flood peak (MB)", "",
          f"{quiet['rss_after_ttl']:.0f} / {quiet['peak2']:.0f}", f"+{_second(quiet):.0%} of the first"),
-        ("  reply channels after each flood (cap 100,000)", "", f"{quiet['table1']:,} / {quiet['table2']:,}", ""),
+        ("  reply channels after each flood (cap 100,000)", "", f"{_n(quiet['table1'])} / {_n(quiet['table2'])}", ""),
         ("  normal client answered during / after", "",
          f"{quiet['during1'][0]}/{quiet['during1'][1]}, {quiet['during2'][0]}/{quiet['during2'][1]} / "
          f"{quiet['after']}/20", ""),
@@ -180,6 +185,10 @@ def table(results, quiet, flood, p):
         ("  flood datagrams not answered", "", f"{flood['dropped']:.1%} of {flood['sent']:,}", ""),
     ]
     return rows
+
+
+def _n(value):
+    return f"{value:,}" if value >= 0 else "n/a"
 
 
 def _second(quiet):

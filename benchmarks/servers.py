@@ -36,8 +36,15 @@ class Server:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
+    def cpu_seconds(self):
+        """User + system CPU time the process used so far, from /proc/PID/stat."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def counters(self, timeout=5.0):
         """{name: value} of the gateway's counters and gauges, from the line SIGUSR1 makes it log."""
+        if not self._catches(signal.SIGUSR1):  # an older gateway would die of it
+            return {}
         seen = len(self.lines)
         self.proc.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + timeout
@@ -47,6 +54,11 @@ class Server:
                     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line.split("counters:", 1)[1])}
             time.sleep(0.05)
         return {}
+
+    def _catches(self, signum):
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        caught = int(re.search(r"SigCgt:\s+([0-9a-f]+)", status).group(1), 16)
+        return bool(caught & (1 << (signum - 1)))
 
     def stop(self):
         stop(self.proc)

@@ -69,8 +69,9 @@ class Delivery:
             self._drop("queue_full", "the queue of layer sends is full")
 
     def _message(self, datagram):
+        # Plain tuples only (not the Route namedtuple): the collector stops tracking them.
         token = self.tokens.token_for((datagram.listener, datagram.client),
-                                      (datagram.listener, datagram.version, datagram.route))
+                                      (datagram.listener, datagram.version, tuple(datagram.route)))
         if self.on_token is not None:
             self.on_token(token)
         return build_receive(

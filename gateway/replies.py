@@ -8,7 +8,7 @@ from gateway.health import error_text
 from gateway import redislayer
 from gateway.layers import has_prefix_receive
 from gateway.messages import BadReply, validate_send
-from listeners.base import BadRoute
+from listeners.base import BadRoute, Route
 
 log = Logger()
 _RETRY_DELAY = 1.0
@@ -123,6 +123,7 @@ class ReplyPump:
         if entry is None:
             raise BadReply("unknown_token", "unknown or expired reply channel")
         name, version, route = entry
+        route = Route._make(route)
         data, multicast = validate_send(message, version=version)
         listener = self.listeners.get(name)
         if listener is None or not listener.running:

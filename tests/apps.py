@@ -121,3 +121,12 @@ class Looping:
                 cls.handled.append((consumer.number, message["data"]))
                 await scope["channel_layer"].send(message["reply_channel"], {"type": "udp.send", "data": message["data"]})
         return app
+
+
+class Burst(UDPConsumer):
+    """b"many" gets 1,000 replies through the layer; anything else is echoed once."""
+
+    async def udp_receive(self, message):
+        count = 1000 if message["data"] == b"many" else 1
+        for _ in range(count):
+            await self.reply(message, message["data"])
