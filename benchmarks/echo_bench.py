@@ -42,7 +42,7 @@ class Quiet(UDPConsumer):
 
 application = Quiet.as_asgi()
 '''
-FULL = dict(pings=3000, count=40000, many=10000, rounds=3, budget=20.0, sources=100000, flood_rate=20000,
+FULL = dict(pings=3000, count=40000, many=10000, rounds=3, budget=20.0, sources=100000, flood_rate=10000,
             echo_rate=5000, ttl=5)
 SMOKE = dict(pings=50, count=300, many=50, rounds=1, budget=5.0, sources=500, flood_rate=2000,
              echo_rate=500, ttl=1)
@@ -117,12 +117,12 @@ def quiet_flood(tmp, p):
 
 
 def _one_quiet_flood(gateway, p):
-    peak, asked, answered = [gateway.rss_mb()], [0], [0]
+    peak, asked, answered = [gateway.rss_mb()], [0, 0], [0]
     step = max(1, p["sources"] // 50)
 
     def tick(sent):
-        if sent // step > asked[0]:
-            asked[0] += 1
+        if sent // step > asked[1]:
+            asked[0], asked[1] = asked[0] + 1, sent // step
             answered[0] += _normal_answered(gateway.port, 1)
             peak.append(gateway.rss_mb())
 
@@ -151,7 +151,7 @@ def echo_flood(tmp, gateway, p):
         servers.stop(flood)
     sent, answered = (int(w) for w in out.split()[1::2])
     return dict(clients.summary(times), pings=pinged, answered_pings=len(times), sent=sent,
-                dropped=1 - answered / sent if sent else 1)
+                dropped=1 - answered / sent if sent else 1, counters=gateway.counters())
 
 
 def table(results, quiet, flood, p):
@@ -183,8 +183,13 @@ def table(results, quiet, flood, p):
          f"{flood['p50'] / 1000:.2f} / {flood['p99'] / 1000:.2f}", f"{flood['answered_pings']}/{flood['pings']} "
          "answered"),
         ("  flood datagrams not answered", "", f"{flood['dropped']:.1%} of {flood['sent']:,}", ""),
+        ("  gateway full GCs so far / longest (ms)", "", _gc(flood["counters"]), ""),
     ]
     return rows
+
+
+def _gc(counters):
+    return f"{counters['gc_full']} / {counters['gc_longest_ms']}" if "gc_full" in counters else "n/a"
 
 
 def _n(value):

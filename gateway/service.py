@@ -8,6 +8,7 @@ from twisted.logger import Logger
 from gateway import health, layers
 from gateway.admission import Admission
 from gateway.delivery import Delivery
+from gateway.gcwatch import GcWatch
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
 from gateway.process import DRAIN_TIMEOUT, AsyncService, StartupError
@@ -32,6 +33,7 @@ class GatewayService(AsyncService):
         self.app = app
         self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.admission = None
         self.listeners = {}
+        self.gc_watch = GcWatch()
 
     # -- start -----------------------------------------------------------
     async def _start(self):
@@ -42,7 +44,9 @@ class GatewayService(AsyncService):
         self.tokens = TokenTable(max_entries=limits.max_reply_channels, ttl=limits.reply_ttl,
                                  clock=self._reactor, on_forget=self._forget_token)
         self.admission = Admission(limits.max_concurrency)
-        self.counters.gauges.update(reply_channels=self.tokens.__len__, calls_in_flight=lambda: self.admission.in_use)
+        self.counters.gauges.update(reply_channels=self.tokens.__len__, calls_in_flight=lambda: self.admission.in_use,
+                                    gc_full=lambda: self.gc_watch.full, gc_longest_ms=lambda: self.gc_watch.longest_ms)
+        self.gc_watch.start()
         self.delivery = Delivery(
             self.layer, self.tokens, prefix, {l.name: l.channel for l in self.config.listeners},
             senders=limits.max_layer_sends, counters=self.counters, quiet=self.quiet,
@@ -133,5 +137,6 @@ class GatewayService(AsyncService):
             await health.as_future(listener.stopService())
         self.listeners = {}
         self._reporter.stop()
+        self.gc_watch.stop()
         if self.layer is not None:
             await health.close_layer(self.layer.inner)

@@ -214,3 +214,19 @@ def test_token_entries_leave_the_collectors_view():
     for _ in range(3):  # one level of nested tuples is untracked per collection at worst
         gc.collect()
     assert not gc.is_tracked(table._entries[token])
+
+
+def test_gc_watch_counts_full_collections():
+    """GcWatch counts full collections and their longest pause, and stops listening when stopped."""
+    from gateway.gcwatch import GcWatch
+
+    watch = GcWatch()
+    watch.start()
+    try:
+        gc.collect()
+        assert watch.full >= 1 and watch.longest_ms >= 0
+    finally:
+        watch.stop()
+    seen = watch.full
+    gc.collect()
+    assert watch.full == seen and watch._callback not in gc.callbacks
