@@ -23,6 +23,7 @@ setup(
         "asgiref>=3.6",
         "netifaces-plus>=0.12",  # `import netifaces`, with wheels for current Pythons
         "pyyaml>=6",
+        "prometheus-client>=0.20",  # the /metrics endpoint: pure Python, no dependencies of its own
     ],
     extras_require={
         "redis": ["channels-redis>=4.3,<4.4", "redis>=5"],

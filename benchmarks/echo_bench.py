@@ -9,10 +9,12 @@ clients, a 100,000-source flood to an application that never answers them
 (gateway RSS, reply-channel table) and a 5,000 datagrams/s flood from
 100,000 sources to the echo while a normal client measures its p99. Prints a
 table; the last line holds the headline ratios. Every loop is bounded in
-count and time; it stops only the processes it started, by PID.
+count and time; it stops only the processes it started, by PID, also when
+it fails or gets SIGTERM.
 """
 
 import argparse
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,6 +146,7 @@ def echo_flood(tmp, gateway, p):
     flood = subprocess.Popen([sys.executable, str(Path(__file__).with_name("flood.py")), str(gateway.port),
                               str(p["sources"]), str(p["echo_rate"]), "64", str(budget)],
                              stdout=subprocess.PIPE, text=True, cwd=tmp)
+    servers.CHILDREN.append(flood)
     try:
         times, pinged = clients.ping_while(gateway.port, lambda: flood.poll() is None, budget + 5)
         out, _ = flood.communicate(timeout=budget + 10)
@@ -229,22 +232,27 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="seconds, tiny counts: checks it runs, not a measurement")
     parser.add_argument("--redis", action="store_true", help="also measure gateway + 2 workers over Redis")
+    parser.add_argument("--hold", action="store_true",
+                        help="once the servers run, wait for a line on stdin before measuring (a test stops it there)")
     args = parser.parse_args(argv)
     p = SMOKE if args.smoke else FULL
     clients.raise_nofile()
+    signal.signal(signal.SIGTERM, _terminated)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "echo.py").write_text((servers.REPO / "examples" / "echo.py").read_text())
-        started = []  # stopped in reverse order of start, even when a start fails
         try:
-            started.append(servers.start_raw(tmp))
-            started.append(servers.start_gateway(tmp, "echo", GATEWAY_YAML.format(app="echo:application", ttl=60)))
-            results = side_by_side(started[0], started[1], p)
+            raw = servers.start_raw(tmp)
+            gateway = servers.start_gateway(tmp, "echo", GATEWAY_YAML.format(app="echo:application", ttl=60))
+            print(f"servers started: raw echo (PID {raw.proc.pid}), gateway (PID {gateway.proc.pid})", flush=True)
+            if args.hold:
+                sys.stdin.readline()
+            results = side_by_side(raw, gateway, p)
             quiet = quiet_flood(tmp, p)
-            flood = echo_flood(tmp, started[1], p)
-            redis = _redis(tmp, started, p) if args.redis else None
+            flood = echo_flood(tmp, gateway, p)
+            redis = _redis(tmp, p) if args.redis else None
         finally:
-            for server in reversed(started):
-                server.stop()
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+            servers.stop_children()
     print_table(table(results, quiet, flood, p))
     if redis is not None:
         print(f"ratios redis/raw: window 1 x{redis['w1'] / results['window 1, 64 B']['raw']['rate']:.2f}, "
@@ -253,8 +261,12 @@ def main(argv=None):
     return 0 if not args.smoke or lossless(results, quiet, flood) else 1
 
 
-def _redis(tmp, started, p):
-    gateway = servers.start_redis_topology(tmp, started)
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through main's `finally`, which stops the children
+
+
+def _redis(tmp, p):
+    gateway = servers.start_redis_topology(tmp)
     return {"w1": _ping(gateway.port, p["pings"] // 4, 64, p["budget"])["rate"],
             "w64": _window(gateway.port, p["count"] // 4, 64, 1, p["budget"])["rate"]}
 

@@ -14,6 +14,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BIN = Path(sys.executable).parent
 LISTENER_LINE = r"listener bench \(plain\) on \S+:(\d+)"
+# Every child we start, at once (before it is ready): `stop_children` stops each by PID, in `finally`
+# and on SIGTERM, so a benchmark that is stopped or fails part-way leaves nothing running.
+CHILDREN = []
 
 
 class Server:
@@ -68,7 +71,8 @@ def start(argv, pattern, cwd, env=None):
     """Start a server process; a Server once a log line matches `pattern` (port: its group, if any)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), **(env or {}))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
-    watchdog = threading.Timer(30, proc.kill)  # a server that never logs its port is killed
+    CHILDREN.append(proc)
+    watchdog = threading.Timer(60, proc.kill)  # a server that never logs its port is killed
     watchdog.start()
     seen = []
     try:
@@ -95,6 +99,12 @@ def start_raw(tmp):
     return start([sys.executable, str(HERE / "raw_echo.py")], r"raw echo on \S+:(\d+)", tmp)
 
 
+def stop_children():
+    """Stop every child in reverse order of start (workers before their gateway, Redis last)."""
+    while CHILDREN:
+        stop(CHILDREN.pop())
+
+
 def stop(proc):
     """SIGTERM, then SIGKILL after 10 s: only this process, by its PID."""
     if proc.poll() is not None:
@@ -119,18 +129,16 @@ listeners:
 """
 
 
-def start_redis_topology(tmp, servers):
-    """redis-server, a gateway without application and two workers, each added to `servers` as it
-    starts (so a failure part-way still stops them); returns the gateway."""
+def start_redis_topology(tmp):
+    """redis-server, a gateway without application and two workers (all in CHILDREN); returns the gateway."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    servers.append(start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", tmp], r"Ready to accept connections", tmp))
+    start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+           "--dir", tmp], r"Ready to accept connections", tmp)
     gateway = start_gateway(tmp, "redis", REDIS_YAML.format(port=port))
-    servers.append(gateway)
     config = str(Path(tmp) / "redis.yaml")
     for _ in range(2):
-        servers.append(start([str(BIN / "udpgateway"), "worker", "-c", config], r"udpgateway worker consuming",
-                             tmp, {"UDPGATEWAY_APPLICATION": "echo:application"}))
+        start([str(BIN / "udpgateway"), "worker", "-c", config], r"udpgateway worker consuming", tmp,
+              {"UDPGATEWAY_APPLICATION": "echo:application"})
     return gateway

@@ -11,6 +11,9 @@ def main(argv=None):
     check.add_argument("-c", "--config", default="gateway.yaml")
     worker = commands.add_parser("worker", help="run the application against the shared channel layer")
     worker.add_argument("-c", "--config", default="gateway.yaml")
+    worker.add_argument("--metrics-port", type=_port, metavar="PORT",
+                        help="serve /metrics on this port (0: any free one) instead of the config's metrics.port, "
+                             "so a worker can share a gateway's config file on one host")
     worker.add_argument("channels", nargs="*", metavar="CHANNEL",
                         help="channels to consume (default: every listener's channel)")
     args = parser.parse_args(argv)
@@ -39,8 +42,25 @@ def run_worker(args):
     if not config.application:
         print(f"{args.config}: application: required to run a worker", file=sys.stderr)
         return 2
+    if args.metrics_port is not None:
+        config = _with_metrics_port(config, args.metrics_port)
     reactor = install_asyncio_reactor()
     return _run_service(reactor, config, load_application(config), args.channels)
+
+
+def _port(text):
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return int(text)
+
+
+def _with_metrics_port(config, port):
+    """The config with metrics on `port` (at the file's metrics.bind, or 127.0.0.1 when it has none)."""
+    from dataclasses import replace
+
+    from gateway.config import Metrics
+
+    return replace(config, metrics=replace(config.metrics or Metrics(), port=port))
 
 
 def _run_service(reactor, config, app, channels):

@@ -6,6 +6,7 @@ from gateway.health import error_text
 from gateway.messages import build_receive
 
 SEND_QUEUE = 1000  # datagrams waiting for a layer send; past it the arriving one is dropped
+NOT_READY = "datagram arrived before startup completed or during stop"
 
 
 class Delivery:
@@ -39,24 +40,27 @@ class Delivery:
         if self.runner is None:
             self._tasks = [asyncio.ensure_future(self._send_loop()) for _ in range(self._senders)]
 
-    async def stop(self, timeout=1.0):
-        """Give queued messages a moment to reach the layer, then stop the senders."""
-        self.ready = False
+    async def flush(self, timeout=1.0):
+        """Give queued messages a moment to reach the layer."""
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except asyncio.TimeoutError:
             pass
+
+    def stop(self):
+        """Stop the senders; whatever is still queued stays unsent."""
+        self.ready = False
         for task in self._tasks:
             task.cancel()
         self._tasks = []
 
     def __call__(self, datagram):
-        self.counters.incr("received")
+        self.counters.incr("received", listener=datagram.listener)
         if not self.ready:
-            self._drop("not_ready", "datagram arrived before startup completed or during stop")
+            self._drop("not_ready", NOT_READY, datagram.listener)
             return
         if self.runner is not None and not self.admission.try_acquire():
-            self._drop("concurrency", "max_concurrency application calls are running")
+            self._drop("concurrency", "max_concurrency application calls are running", datagram.listener)
             return
         message = self._message(datagram)
         channel = self.channels[datagram.listener]
@@ -66,7 +70,7 @@ class Delivery:
         try:
             self._queue.put_nowait((channel, message))
         except asyncio.QueueFull:
-            self._drop("queue_full", "the queue of layer sends is full")
+            self._drop("queue_full", "the queue of layer sends is full", datagram.listener)
 
     def _message(self, datagram):
         # Plain tuples only (not the Route namedtuple): the collector stops tracking them.
@@ -88,10 +92,15 @@ class Delivery:
                 raise
             except Exception as exc:
                 reason = "channel_full" if type(exc).__name__ == "ChannelFull" else "layer_error"
-                self._drop(reason, f"sending to {channel} failed: {error_text(exc)}")
+                self._drop(reason, f"sending to {channel} failed: {error_text(exc)}", message["listener"])
             finally:
                 self._queue.task_done()
 
-    def _drop(self, reason, why):
-        self.counters.incr(f"dropped_{reason}")
-        self.quiet.warn(f"in-{reason}", "dropped a datagram: {why}", why=why)
+    def _drop(self, reason, why, listener):
+        drop(self.counters, self.quiet, reason, why, listener=listener)
+
+
+def drop(counters, quiet, reason, why, *, listener=None):
+    """Count an arriving datagram as dropped_<reason> (for its listener), and say why (rate-limited)."""
+    counters.incr(f"dropped_{reason}", listener=listener)
+    quiet.warn(f"in-{reason}", "dropped a datagram: {why}", why=why)

@@ -1,7 +1,8 @@
-"""This host's network interfaces: names, indexes, addresses and flags, read through netifaces."""
+"""This host's network: interfaces (names, indexes, addresses, flags, through netifaces) and net sysctls."""
 
 import ipaddress
 import socket
+import sys
 from dataclasses import dataclass
 
 import netifaces
@@ -10,6 +11,7 @@ import netifaces
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 IFF_MULTICAST = 0x1000
+LINUX = sys.platform.startswith("linux")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,17 @@ def find_interface(spec, interfaces=None):
     for interface in candidates:
         if any(_parse_ip(a) == wanted for a in interface.ipv4 + interface.ipv6):
             return interface
-    return None
+    return _loopback_owner(wanted, candidates)
+
+
+def _loopback_owner(address, interfaces):
+    """On Linux, the loopback interface for any of 127.0.0.0/8, not only the 127.0.0.1 it lists.
+
+    lo's 127.0.0.1/8 puts the whole /8 in the local routing table, so every one of them binds and answers.
+    """
+    if not (LINUX and address.version == 4 and address.is_loopback):
+        return None
+    return next((i for i in interfaces if i.loopback and any(_is_loopback(a) for a in i.ipv4)), None)
 
 
 def default_multicast_interfaces(family, interfaces=None):
@@ -65,6 +77,17 @@ def default_multicast_interfaces(family, interfaces=None):
         for interface in interfaces.values()
         if interface.up and interface.multicast and not interface.loopback and interface.addresses(family)
     ]
+
+
+def read_sysctl(name):
+    """An integer network sysctl such as "net.ipv4.igmp_max_memberships" (Linux /proc/sys), or None."""
+    if not LINUX or not name.startswith("net.") or "/" in name:
+        return None
+    try:
+        with open("/proc/sys/" + name.replace(".", "/")) as file:
+            return int(file.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _read_interface(name):

@@ -47,6 +47,11 @@ class Lifespan:
             log.error("lifespan shutdown failed: {message}", message=event.get("message", ""))
         self._task.cancel()
 
+    def close(self):
+        """End the lifespan task (after shutdown, or instead of it when a stop cannot wait)."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def _next_event(self):
         """The app's next lifespan event, or None when the app ended (or raised) without one."""
         getter = asyncio.ensure_future(self._outbox.get())

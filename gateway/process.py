@@ -1,34 +1,51 @@
-"""What the gateway and the worker processes share: an asyncio-driven Twisted service and its stop signals."""
+"""What the gateway and the worker processes share: an asyncio-driven Twisted service, its phases and signals."""
 
 import asyncio
 import signal
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.logger import Logger
 
-from gateway import health
+from gateway import health, metrics
 from gateway.lifespan import LifespanFailure
-from gateway.stats import CounterReporter, Counters, QuietLog
+from gateway.stats import CounterReporter, Counters, QuietLog, summary_line
 
 log = Logger()
 DRAIN_TIMEOUT = 5.0     # seconds in-flight application calls get at stop
 REPORT_INTERVAL = 60.0  # seconds between counter summary lines (when they changed)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+OPERATOR_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StartupError(Exception):
     """The process cannot start; the message is the one line to show."""
 
 
-def install_stop_handlers(reactor):
-    """SIGTERM/SIGINT stop the reactor cleanly, so the process exits 0."""
+def install_signal_handlers(reactor, target):
+    """Route SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 to `target.on_signal` in the reactor thread.
 
-    def stop(signum, frame):
-        log.info("received {sig}, stopping", sig=signal.Signals(signum).name)
-        reactor.callFromThread(reactor.stop)
+    A handler only hands the signal over (callFromThread). SIGUSR1 still calls
+    the handler it replaces: twistd's log rotation when it logs to a file.
+    """
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    def hand_over(signum, frame):
+        reactor.callFromThread(target.on_signal, signal.Signals(signum))
+
+    for signum in STOP_SIGNALS + OPERATOR_SIGNALS:
+        previous = signal.getsignal(signum)
+        if signum == signal.SIGUSR1 and callable(previous):
+            signal.signal(signum, _chained(hand_over, previous))
+        else:
+            signal.signal(signum, hand_over)
+
+
+def _chained(first, then):
+    def handler(signum, frame):
+        first(signum, frame)
+        then(signum, frame)
+
+    return handler
 
 
 def fatal_line(failure, what):
@@ -43,42 +60,157 @@ def fatal_line(failure, what):
 
 
 class AsyncService(service.Service):
-    """A Twisted service whose start and stop are asyncio coroutines (`_start`, `_stop`).
+    """A Twisted service started in two phases: `bind()` (synchronous, privileged), then `_start()`.
 
-    `started` fires when the process is serving; `stopService()` returns one
-    Deferred covering the whole stop. With `on_fatal`, a failed start calls
-    it with one line instead of failing `started`.
+    twistd calls privilegedStartService (bind) before it drops privileges
+    (-u/-g) and startService (the asyncio coroutine `_start`) after. `started`
+    fires when the process is serving; `stopService()` returns one Deferred
+    covering the whole `_stop`. With `on_fatal`, a failed start calls it with
+    one line instead of raising or failing `started`.
     """
 
     what = "udpgateway"
 
     def __init__(self, *, reactor, on_fatal=None, signals=False):
         self.counters = Counters()
-        self.quiet = QuietLog(clock=reactor)
+        self.quiet = QuietLog()  # monotonic clock
         self.started = None
+        self.metrics_endpoint = None  # once bound
+        self.hurried = False
+        self._bound = False
         self._reactor = reactor
         self._on_fatal = on_fatal
         self._signals = signals
         self._reporter = CounterReporter(self.counters, log, interval=REPORT_INTERVAL, clock=reactor)
         self._stopping = None
+        self._stop_asked = False
+        self._waiting = None
+
+    # -- start -----------------------------------------------------------
+    def privilegedStartService(self):
+        service.Service.privilegedStartService(self)
+        try:
+            self._bind_once()
+        except StartupError as exc:
+            if self._on_fatal is None:
+                raise
+            self._on_fatal(str(exc))
 
     def startService(self):
         service.Service.startService(self)
         if self._signals:
             # After the reactor's own handlers, which make twistd exit -15.
-            self._reactor.callWhenRunning(install_stop_handlers, self._reactor)
-        self.started = defer.Deferred.fromFuture(asyncio.ensure_future(self._start()))
+            self._reactor.callWhenRunning(install_signal_handlers, self._reactor, self)
+        self.started = defer.Deferred.fromFuture(asyncio.ensure_future(self._start_phases()))
         if self._on_fatal is not None:
             self.started.addErrback(lambda failure: self._on_fatal(fatal_line(failure, self.what)))
 
+    async def _start_phases(self):
+        self._bind_once()  # not yet bound when nobody called privilegedStartService (tests, the worker)
+        await self._start()
+
+    def _bind_once(self):
+        if not self._bound:
+            self._bound = True
+            self.bind()
+
+    def bind(self):
+        """The privileged part of the start: synchronous, before privileges drop; raises StartupError."""
+
+    async def _start(self):
+        raise NotImplementedError
+
+    def serve_metrics(self, settings, collector):
+        """Bind the Prometheus endpoint of `settings` (config `metrics`; None: none); raises StartupError."""
+        if settings is None:
+            return
+        endpoint = metrics.MetricsEndpoint(self._reactor, settings.bind, settings.port,
+                                           metrics.registry_for(collector))
+        try:
+            url = endpoint.listen()
+        except error.CannotListenError as exc:
+            host = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
+            raise StartupError(f"metrics: cannot bind {host}:{settings.port}: {exc.socketError}") from None
+        self.metrics_endpoint = endpoint
+        log.info("metrics on {url}", url=url)
+
+    async def close_metrics(self):
+        """Stop serving /metrics (after the ports: a last scrape still sees the stop's counts)."""
+        if self.metrics_endpoint is not None:
+            endpoint, self.metrics_endpoint = self.metrics_endpoint, None
+            await health.as_future(endpoint.close())
+
+    # -- stop ------------------------------------------------------------
     def stopService(self):
         service.Service.stopService(self)
         if self._stopping is None:
             self._stopping = defer.Deferred.fromFuture(asyncio.ensure_future(self._stop()))
         return self._stopping
 
-    async def _start(self):
-        raise NotImplementedError
-
     async def _stop(self):
         raise NotImplementedError
+
+    async def patiently(self, awaitable):
+        """Await one of the stop's waits (drain, lifespan shutdown, flush); `stop_now` cuts it short.
+
+        After `stop_now` the waits still to come are skipped. True if it ran to its end.
+        """
+        if self.hurried:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            return False
+        self._waiting = asyncio.ensure_future(awaitable)
+        try:
+            await self._waiting
+            return True
+        except asyncio.CancelledError:
+            if not self.hurried:
+                raise
+            return False
+        finally:
+            self._waiting = None
+
+    async def finish_calls(self, runner):
+        """Stop receiving; in-flight calls get DRAIN_TIMEOUT (none after `stop_now`), then are cancelled."""
+        runner.stop_receiving()
+        await self.patiently(runner.drain(DRAIN_TIMEOUT))
+        await runner.drain(0)  # what `stop_now` left running
+
+    async def finish_lifespan(self, lifespan):
+        """Lifespan shutdown (bounded; skipped after `stop_now`), then its task ends."""
+        await self.patiently(lifespan.shutdown())
+        lifespan.close()
+
+    def stop_now(self):
+        """End a stop in progress at once: cancel the wait it is in and skip the others."""
+        self.hurried = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    # -- signals ---------------------------------------------------------
+    def on_signal(self, sig):
+        """A signal handed over from its handler, in the reactor thread."""
+        if sig in STOP_SIGNALS:
+            self._stop_signal(sig)
+        elif sig == signal.SIGHUP:
+            self.on_sighup()
+        elif sig == signal.SIGUSR1:
+            log.info("received SIGUSR1: {summary}", summary=summary_line(self.counters))
+        else:
+            log.info("received {sig}: ignored", sig=sig.name)
+
+    def on_sighup(self):
+        """SIGHUP: where a config reload will plug in; until then the process keeps serving."""
+        log.info("received SIGHUP: reload is not supported yet; still serving with the running config")
+
+    def _stop_signal(self, sig):
+        if not (self._stop_asked or self._stopping is not None):
+            self._stop_asked = True
+            log.info("received {sig}, stopping", sig=sig.name)
+            try:
+                self._reactor.stop()
+            except error.ReactorNotRunning:
+                pass
+        elif not self.hurried:
+            log.info("received {sig} again, stopping now", sig=sig.name)
+            self.stop_now()

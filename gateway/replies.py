@@ -104,31 +104,39 @@ class ReplyPump:
     def handle(self, channel, message):
         """Send one message to its listener, or drop it with a counted reason."""
         try:
-            sent = self._route(channel, message)
+            sent_by = self._route(channel, message)
         except (BadReply, BadRoute) as exc:
-            self.counters.incr(f"dropped_{exc.reason}")
+            self.counters.incr(f"dropped_{exc.reason}", listener=self._listener_name(channel))
             self.quiet.warn(f"drop-{exc.reason}", "dropped a reply on {channel}: {why}",
                             channel=channel[:100], why=exc)
             return
-        if sent:
-            self.counters.incr("replied")
+        if sent_by is not None:
+            self.counters.incr("replied", listener=sent_by)
+
+    def _listener_name(self, channel):
+        """The name of the listener a channel's messages go out through, None for an unknown token."""
+        if channel in self.send_channels:
+            return self.send_channels[channel].name
+        entry = self.tokens.lookup(channel[len(self.prefix):]) if channel.startswith(self.prefix) else None
+        return None if entry is None else entry[0]
 
     def _route(self, channel, message):
+        """The name of the listener that wrote the message, None if it could not leave; or raise."""
         if channel in self.send_channels:
             listener = self.send_channels[channel]
             data, _multicast = validate_send(message, version=listener.send_version())
-            return listener.announce(data)
+            return listener.name if listener.announce(data) else None
         token = channel[len(self.prefix):] if channel.startswith(self.prefix) else None
         entry = self.tokens.lookup(token) if token else None
         if entry is None:
             raise BadReply("unknown_token", "unknown or expired reply channel")
         name, version, route = entry
-        route = Route._make(route)
+        route = Route._make(route)  # stored as a plain tuple, which the collector stops tracking
         data, multicast = validate_send(message, version=version)
         listener = self.listeners.get(name)
         if listener is None or not listener.running:
             raise BadReply("unknown_token", f"listener {name} is stopped")
-        return listener.send_reply(route, data, multicast)
+        return name if listener.send_reply(route, data, multicast) else None
 
 
 class DirectReplies:

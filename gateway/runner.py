@@ -6,6 +6,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import redislayer
+from gateway.clock import MONOTONIC
 from gateway.eager import start_task
 from gateway.health import error_text
 from gateway.messages import SEND_TYPE
@@ -26,13 +27,22 @@ class InstanceEnded(BaseException):
 class _Instance:
     """One application call: its message, first from receive(); the second receive() ends it."""
 
-    __slots__ = ("message", "layer", "task", "delivered")
+    __slots__ = ("message", "layer", "task", "delivered", "timer", "timed_out", "started")
 
     def __init__(self, message, layer):
         self.message = message
         self.layer = layer
-        self.task = None
+        self.task = None        # set only while the call waits (an eager call may end before)
         self.delivered = False
+        self.timer = None       # the app_timeout handle, cancelled when the call ends
+        self.timed_out = False
+        self.started = MONOTONIC.seconds()
+
+    def time_out(self):
+        """Cancel a call that ran past app_timeout (told apart from other cancels by `timed_out`)."""
+        if self.task is not None and not self.task.done():
+            self.timed_out = True
+            self.task.cancel()
 
     async def receive(self):
         if not self.delivered:
@@ -56,11 +66,13 @@ class AppRunner:
     a gateway on a shared layer) a loop waits for a slot before it receives, so a
     busy process stops receiving; otherwise it receives, then waits for a slot.
     Instances start eagerly: each runs until it first waits, with no loop hop.
+    A call still running `app_timeout` seconds after that is cancelled and counted.
     """
 
     def __init__(self, app, layer, channels, *, admission, counters, quiet, app_layer=None,
-                 wait_before_receive=True):
+                 wait_before_receive=True, app_timeout=None):
         self.app = app
+        self.app_timeout = app_timeout  # seconds, or None: calls may run for ever
         self.layer = layer
         self.app_layer = app_layer if app_layer is not None else layer  # what scope["channel_layer"] is
         self.channels = list(dict.fromkeys(channels))
@@ -91,9 +103,11 @@ class AppRunner:
         instance = _Instance(message, self.app_layer)
         scope = {"type": "channel", "channel": channel, "channel_layer": self.app_layer}
         self._instances.add(instance)
-        task = start_task(self._call(scope, instance), self._loop)
+        task = start_task(self._call(scope, instance), self._loop or asyncio.get_event_loop())
         if not task.done():
             instance.task = task
+            if self.app_timeout is not None:  # one timer handle per waiting call, no wait_for wrapper task
+                instance.timer = task.get_loop().call_later(self.app_timeout, instance.time_out)
 
     async def drain(self, timeout):
         """Wait up to `timeout` seconds for in-flight calls, then cancel the rest."""
@@ -135,12 +149,23 @@ class AppRunner:
             await self.app(scope, instance.receive, instance.send)
         except InstanceEnded:
             pass  # the second receive(): a clean end
+        except asyncio.CancelledError:
+            if not instance.timed_out:
+                raise
+            self._timed_out(instance)  # our own cancel: the call ends here
         except Exception as exc:
-            self._failed(instance, exc)
+            # An app that answers the timeout's cancel by raising still timed out.
+            self._timed_out(instance) if instance.timed_out else self._failed(instance, exc)
         finally:
-            self._instances.discard(instance)
-            instance.task = None  # no instance <-> task cycle once the call is over
-            self.admission.release()
+            self._ended(instance)
+
+    def _ended(self, instance):
+        self.counters.call_time.observe(MONOTONIC.seconds() - instance.started)
+        self._instances.discard(instance)
+        if instance.timer is not None:
+            instance.timer.cancel()
+        instance.task = None  # no instance <-> task cycle once the call is over
+        self.admission.release()
 
     def _failed(self, instance, exc):
         # Logged with its traceback, at most once per interval per exception
@@ -149,3 +174,10 @@ class AppRunner:
         message = instance.message if isinstance(instance.message, dict) else {}
         self.quiet.failure(f"app-{type(exc).__name__}", "application raised on a message from listener {listener}",
                            Failure(exc, type(exc), exc.__traceback__), listener=message.get("listener", "?"))
+
+    def _timed_out(self, instance):
+        self.counters.incr("app_timeouts")
+        message = instance.message if isinstance(instance.message, dict) else {}
+        self.quiet.warn("app-timeout", "application call on a message from listener {listener} ran longer than "
+                        "app_timeout ({timeout}s): cancelled", listener=message.get("listener", "?"),
+                        timeout=self.app_timeout)

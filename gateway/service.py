@@ -1,17 +1,18 @@
 """GatewayService: wires layer, listeners, tokens, pump and runner, and orders start and stop."""
 
 import gc
+from contextlib import contextmanager
 
 from twisted.internet import error
 from twisted.logger import Logger
 
-from gateway import health, layers
+from gateway import health, layers, metrics
 from gateway.admission import Admission
-from gateway.delivery import Delivery
+from gateway.delivery import NOT_READY, Delivery, drop
 from gateway.gcwatch import GcWatch
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
-from gateway.process import DRAIN_TIMEOUT, AsyncService, StartupError
+from gateway.process import AsyncService, StartupError
 from gateway.replies import DirectReplies, ReplyPump
 from gateway.runner import AppRunner
 from gateway.tokens import TokenTable
@@ -31,45 +32,91 @@ class GatewayService(AsyncService):
         super().__init__(reactor=reactor, on_fatal=on_fatal, signals=signals)
         self.config = config
         self.app = app
-        self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.admission = None
+        self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.prefix = self.tokens = None
+        self.admission = self.app_layer = None
         self.listeners = {}
         self.gc_watch = GcWatch()
 
-    # -- start -----------------------------------------------------------
+    # -- start: bind (privileged, synchronous), then the async phases, in this order --
+    def bind(self):
+        """Bind every listener's ports; twistd calls this before dropping privileges (-u/-g)."""
+        for listener_config in self.config.listeners:
+            listener = self._make_listener(listener_config)
+            with _listener_errors(listener):
+                listener.privilegedStartService()
+            self.listeners[listener.name] = listener
+        self.serve_metrics(self.config.metrics, metrics.gateway_collector(
+            self.counters, lambda: [l.name for l in self.config.listeners],
+            reply_channels=lambda: 0 if self.tokens is None else len(self.tokens),
+            calls_in_flight=lambda: 0 if self.runner is None else self.runner.active))
+
     async def _start(self):
-        limits = self.config.limits
-        self.layer = layers.BoundedLayer(self._make_layer(), limits.max_layer_sends)
+        self._start_listeners()
+        await self._connect_layer()
+        self._build_data_path()
+        await self._start_application()
+        self._declare_ready()
+
+    def _start_listeners(self):
+        """What follows the bind: multicast joins (as the unprivileged user under twistd -u)."""
+        for listener in self.listeners.values():
+            with _listener_errors(listener):
+                listener.startService()
+
+    async def _connect_layer(self):
+        self.layer = layers.BoundedLayer(self._make_layer(), self.config.limits.max_layer_sends)
         await health.check_reachable(self.layer.inner)
-        prefix = reply_prefix(layers.gateway_id(self.layer.inner))
+
+    def _build_data_path(self):
+        """Tokens, admission, delivery (the listeners' sink), the reply pump and the runner."""
+        limits = self.config.limits
+        self.prefix = reply_prefix(layers.gateway_id(self.layer.inner))
         self.tokens = TokenTable(max_entries=limits.max_reply_channels, ttl=limits.reply_ttl,
-                                 clock=self._reactor, on_forget=self._forget_token)
+                                 on_forget=self._forget_token)  # monotonic: a clock step expires nothing
         self.admission = Admission(limits.max_concurrency)
-        self.counters.gauges.update(reply_channels=self.tokens.__len__, calls_in_flight=lambda: self.admission.in_use,
-                                    gc_full=lambda: self.gc_watch.full, gc_longest_ms=lambda: self.gc_watch.longest_ms)
-        self.gc_watch.start()
+        self._add_gauges()
         self.delivery = Delivery(
-            self.layer, self.tokens, prefix, {l.name: l.channel for l in self.config.listeners},
-            senders=limits.max_layer_sends, counters=self.counters, quiet=self.quiet,
-            admission=self.admission,
+            self.layer, self.tokens, self.prefix, {l.name: l.channel for l in self.config.listeners},
+            senders=limits.max_layer_sends, counters=self.counters, quiet=self.quiet, admission=self.admission,
         )
-        self._bind_listeners()
         send_channels = {l.send_channel: self.listeners[l.name] for l in self.config.listeners if l.send_channel}
-        self.pump = ReplyPump(self.layer, prefix, self.tokens, self.listeners, send_channels,
+        self.pump = ReplyPump(self.layer, self.prefix, self.tokens, self.listeners, send_channels,
                               counters=self.counters, quiet=self.quiet)
         if not self.pump.prefix_receive:
             self.delivery.on_token = self.pump.watch  # one receive per live reply channel
-        app_layer = self._make_runner()
+        self.app_layer = self._make_runner()
         self.pump.start()
         self.delivery.start()
+
+    def _add_gauges(self):
+        """Sizes the summary line (and SIGUSR1) shows beside the counters."""
+        self.counters.gauges.update(
+            reply_channels=self.tokens.__len__, calls_in_flight=lambda: self.admission.in_use,
+            gc_full=lambda: self.gc_watch.full, gc_longest_ms=lambda: self.gc_watch.longest_ms,
+        )
+        self.gc_watch.start()
+
+    async def _start_application(self):
         if self.app is not None:
-            self.lifespan = Lifespan(self.app, app_layer)
+            self.lifespan = Lifespan(self.app, self.app_layer)
             await self.lifespan.startup()
             self.runner.start()
+
+    def _declare_ready(self):
         self.delivery.ready = True
         self._reporter.start()
         if self._signals:  # the whole process (twistd): what exists now lives as long as it
             gc.freeze()
-        log.info("udpgateway ready: {n} listener(s), reply channels {prefix}*", n=len(self.listeners), prefix=prefix)
+        log.info("udpgateway ready: {n} listener(s), reply channels {prefix}*", n=len(self.listeners),
+                 prefix=self.prefix)
+
+    def _receive(self, datagram):
+        """The listeners' sink: Delivery once it exists; before that, dropped as not ready."""
+        if self.delivery is not None:
+            self.delivery(datagram)
+            return
+        self.counters.incr("received", listener=datagram.listener)
+        drop(self.counters, self.quiet, "not_ready", NOT_READY, listener=datagram.listener)
 
     def _make_layer(self):
         layer_config = dict(self.config.channel_layer.config)
@@ -92,51 +139,60 @@ class GatewayService(AsyncService):
         self.runner = AppRunner(
             self.app, self.layer, [l.channel for l in self.config.listeners], admission=self.admission,
             counters=self.counters, quiet=self.quiet, app_layer=app_layer, wait_before_receive=not memory,
+            app_timeout=self.config.limits.app_timeout,
         )
         if memory:
             self.delivery.runner = self.runner
         return app_layer
 
-    def _bind_listeners(self):
-        for listener_config in self.config.listeners:
-            kind = KINDS[listener_config.type]
-            kwargs = dict(sink=self.delivery, reactor=self._reactor, counters=self.counters, quiet=self.quiet)
-            if listener_config.type == "multicast":
-                kwargs["poll_interval"] = self.config.limits.interface_poll
-            listener = kind(listener_config, **kwargs)
-            try:
-                listener.startService()
-            except error.CannotListenError as exc:
-                raise StartupError(f"listener {listener.name}: cannot bind {exc.interface or '*'}:{exc.port}: "
-                                   f"{exc.socketError}") from None
-            except (OSError, RuntimeError) as exc:
-                raise StartupError(f"listener {listener.name}: {exc}") from None
-            finally:
-                if listener.running:
-                    self.listeners[listener.name] = listener
+    def _make_listener(self, listener_config):
+        kwargs = dict(sink=self._receive, reactor=self._reactor, counters=self.counters, quiet=self.quiet)
+        if listener_config.type == "multicast":
+            kwargs["poll_interval"] = self.config.limits.interface_poll
+        return KINDS[listener_config.type](listener_config, **kwargs)
 
     def _forget_token(self, token):
         if self.pump is not None:
             self.pump.unwatch(token)
 
-    # -- stop ------------------------------------------------------------
+    # -- stop: design.md's order; a second stop signal cuts the waits short (AsyncService.patiently) --
     async def _stop(self):
         if self.delivery is not None:
             self.delivery.ready = False
         if self.runner is not None:
-            self.runner.stop_receiving()
-            await self.runner.drain(DRAIN_TIMEOUT)
+            await self.finish_calls(self.runner)
         if self.lifespan is not None:
-            await self.lifespan.shutdown()
+            await self.finish_lifespan(self.lifespan)
+        await self._flush_sends()
+        await self._close()
+
+    async def _flush_sends(self):
+        """Queued datagrams reach the layer; queued replies and send_channel messages leave."""
         if self.delivery is not None:
-            await self.delivery.stop()
+            await self.patiently(self.delivery.flush())
+            self.delivery.stop()
         if self.pump is not None:
             self.pump.stop()
-            await self.pump.flush()
+            await self.patiently(self.pump.flush())
+
+    async def _close(self):
         for listener in list(self.listeners.values()):
             await health.as_future(listener.stopService())
         self.listeners = {}
+        await self.close_metrics()
         self._reporter.stop()
         self.gc_watch.stop()
         if self.layer is not None:
             await health.close_layer(self.layer.inner)
+
+
+@contextmanager
+def _listener_errors(listener):
+    """A listener that cannot bind or start: one StartupError line naming it."""
+    try:
+        yield
+    except error.CannotListenError as exc:
+        raise StartupError(f"listener {listener.name}: cannot bind {exc.interface or '*'}:{exc.port}: "
+                           f"{exc.socketError}") from None
+    except (OSError, RuntimeError) as exc:
+        raise StartupError(f"listener {listener.name}: {exc}") from None

@@ -1,33 +1,97 @@
 """Named counters, their periodic summary, and a rate-limited logger for hostile input."""
 
-import time
+from bisect import bisect_left
 from collections import Counter, OrderedDict
 
 from twisted.internet import task
 from twisted.logger import Logger
 
+from gateway.clock import MONOTONIC
 
-class _MonotonicClock:
-    def seconds(self):
-        return time.monotonic()
+
+# Every counter the code moves, name -> what it counts: exported (gateway.metrics) from the
+# start, at zero, so dashboards and alerts see them before the first event. Those of the
+# first table are counted per listener too; those of the second belong to the process.
+LISTENER_COUNTERS = {
+    "received": "Datagrams received.",
+    "replied": "Replies and send_channel messages written to a socket.",
+    "dropped_not_ready": "Datagrams dropped: they arrived before startup completed or during stop.",
+    "dropped_concurrency": "Datagrams dropped: max_concurrency application calls were running.",
+    "dropped_queue_full": "Datagrams dropped: the queue of layer sends was full.",
+    "dropped_channel_full": "Datagrams dropped: the channel was at its capacity.",
+    "dropped_layer_error": "Datagrams dropped: the channel layer failed to take them.",
+    "dropped_bad_message": "Replies dropped: not a valid udp.send message.",
+    "dropped_too_large": "Replies dropped: longer than a datagram can carry.",
+    "dropped_send_failed": "Replies dropped: the socket refused the write.",
+    "receive_errors": "Socket reads that failed, or datagrams whose hand-off raised.",
+    "connection_refused": "ICMP port unreachable from a connected listener's remote.",
+}
+PROCESS_COUNTERS = {
+    "dropped_unknown_token": "Replies dropped: unknown or expired reply channel.",
+    "layer_errors": "Channel layer receives that failed.",
+    "app_errors": "Application calls that raised.",
+    "app_timeouts": "Application calls cancelled after limits.app_timeout.",
+}
+WORKER_COUNTERS = ("layer_errors", "app_errors", "app_timeouts")  # what a worker process can move
+# Upper bounds (seconds) of the application call time histogram's buckets.
+CALL_TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Histogram:
+    """Observations counted into fixed buckets, Prometheus-style: O(log buckets) per observation."""
+
+    def __init__(self, bounds=CALL_TIME_BUCKETS):
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value):
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self):
+        return sum(self.counts)
+
+    def cumulative(self):
+        """[(upper bound, observations <= it)], ending with (inf, count)."""
+        total, buckets = 0, []
+        for bound, n in zip(self.bounds + (float("inf"),), self.counts):
+            total += n
+            buckets.append((bound, total))
+        return buckets
 
 
 class Counters:
-    """Named event counters (dropped_<reason>, received, ...); any name is allowed."""
+    """Named event counters (dropped_<reason>, received, ...); any name is allowed.
+
+    `incr(name, listener=...)` also counts the event for that listener (the
+    process total counts it either way). `call_time` is the histogram of
+    application call times in seconds.
+    """
 
     def __init__(self):
         self._counts = Counter()
+        self._by_listener = Counter()  # (name, listener) -> count; listener names come from the config
         self._changes = 0
         self._reported = 0
+        self.call_time = Histogram()
         self.gauges = {}  # name -> callable: sizes shown in the summary line (reply_channels, ...)
 
-    def incr(self, name, n=1):
+    def incr(self, name, n=1, listener=None):
         if n:
             self._counts[name] += n
             self._changes += 1
+            if listener is not None:
+                self._by_listener[name, listener] += n
 
-    def get(self, name):
-        return self._counts[name]
+    def get(self, name, listener=None):
+        """The process total of `name`, or with `listener` that listener's part of it."""
+        return self._counts[name] if listener is None else self._by_listener[name, listener]
+
+    def listener_names(self):
+        """Every listener something was counted for."""
+        return {listener for _name, listener in self._by_listener}
 
     def snapshot(self):
         """A copy of every counter that was ever incremented."""
@@ -59,7 +123,7 @@ class QuietLog:
     def __init__(self, log=None, *, interval=10.0, clock=None, max_keys=512):
         self.log = log if log is not None else Logger()
         self.interval = interval
-        self.clock = clock if clock is not None else _MonotonicClock()
+        self.clock = clock if clock is not None else MONOTONIC
         self.max_keys = max_keys
         self._seen = OrderedDict()  # key -> [last logged at, suppressed since]
 

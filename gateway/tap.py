@@ -3,6 +3,7 @@
 import os
 import sys
 
+from twisted.internet import error
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -32,23 +33,61 @@ def makeService(options):
 
     config = load_or_exit(options["config"])
     app = load_application(config)
-    return GatewayService(config, reactor=reactor, app=app, on_fatal=_fatal_exit(reactor), signals=True)
+    fatal = FailedStart(reactor, getattr(options, "parent", None) or {})
+    return GatewayService(config, reactor=reactor, app=app, on_fatal=fatal, signals=True)
 
 
-def _fatal_exit(reactor):
-    """Print one line, stop cleanly, and exit 1 once the reactor has shut down."""
+class FailedStart:
+    """A failed start: one line on stderr, the pid file twistd wrote removed, exit status 1, no traceback.
 
-    def fatal(line):
+    twistd removes its pid file only when the reactor returns normally and then
+    exits 0, so a failed start removes the file itself (only if it holds our pid)
+    and ends with os._exit(1): after a clean stop once the reactor runs, at once
+    in privilegedStartService (still privileged, before the reactor runs).
+    """
+
+    def __init__(self, reactor, twistd_config):
+        self._reactor = reactor
+        self._twistd_config = twistd_config  # twistd's ServerOptions: pidfile, and statusPipe once daemonized
+
+    def __call__(self, line):
         # twistd has redirected sys.stderr into its log by now: write to the real one.
         print(f"udpgateway: {line}", file=sys.__stderr__, flush=True)
         log.error("udpgateway: {line}", line=line)
-        reactor.addSystemEventTrigger("after", "shutdown", _exit_now, 1)
-        reactor.stop()
+        if self._reactor.running:
+            self._reactor.addSystemEventTrigger("after", "shutdown", self.exit)
+            try:
+                self._reactor.stop()
+            except error.ReactorNotRunning:
+                pass  # already stopping: the trigger still runs
+            return
+        self._tell_daemon_parent(line)
+        self.exit()
 
-    return fatal
+    def exit(self):
+        remove_own_pidfile(self._twistd_config.get("pidfile"))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    def _tell_daemon_parent(self, line):
+        """Without -n the parent waits on a status pipe and prints what it reads."""
+        pipe = self._twistd_config.get("statusPipe")
+        if pipe is not None:
+            os.write(pipe, f"1 {line}".encode("ascii", "backslashreplace")[:100])
+            os.close(pipe)
 
 
-def _exit_now(status):
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+def remove_own_pidfile(path):
+    """Remove twistd's pid file if it names this process (never another process's file)."""
+    if not path:
+        return
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warn("cannot remove the pid file {path}: {err}", path=path, err=exc.strerror)

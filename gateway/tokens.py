@@ -1,17 +1,11 @@
 """TokenTable: opaque reply tokens for (listener, client) keys, with a cap and a TTL."""
 
 import secrets
-import time
 from collections import OrderedDict
 
+from gateway.clock import MONOTONIC
+
 PRUNE_BATCH = 16
-
-
-class _MonotonicClock:
-    """The default clock: immune to wall-clock jumps."""
-
-    def seconds(self):
-        return time.monotonic()
 
 
 class TokenTable:
@@ -27,7 +21,7 @@ class TokenTable:
         assert max_entries >= 1, "max_entries must be at least 1"
         self.max_entries = max_entries
         self.ttl = ttl
-        self.clock = clock if clock is not None else _MonotonicClock()
+        self.clock = clock if clock is not None else MONOTONIC
         self.on_forget = on_forget  # called with each token evicted, expired or forgotten
         self.evicted = 0
         self._entries = OrderedDict()  # token -> (key, route, expires_at), least recently used first

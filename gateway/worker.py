@@ -2,10 +2,10 @@
 
 from twisted.logger import Logger
 
-from gateway import health, layers
+from gateway import health, layers, metrics
 from gateway.admission import Admission
 from gateway.lifespan import Lifespan
-from gateway.process import DRAIN_TIMEOUT, AsyncService
+from gateway.process import AsyncService
 from gateway.redislayer import from_channels_redis
 from gateway.runner import AppRunner
 
@@ -29,6 +29,11 @@ class WorkerService(AsyncService):
         self.channels = channels
         self.layer = self.runner = self.lifespan = None
 
+    def bind(self):
+        """The worker's only socket of its own: the metrics endpoint, if its config has one."""
+        self.serve_metrics(self.config.metrics, metrics.worker_collector(
+            self.counters, calls_in_flight=lambda: 0 if self.runner is None else self.runner.active))
+
     async def _start(self):
         limits = self.config.limits
         backend = self.config.channel_layer
@@ -39,7 +44,7 @@ class WorkerService(AsyncService):
             log.warn("{layer} delivers each message to every worker receiving its channel: each datagram "
                      "is handled (and answered) once per running worker", layer=type(self.layer.inner).__name__)
         self.runner = AppRunner(self.app, self.layer, self.channels, admission=Admission(limits.max_concurrency),
-                                counters=self.counters, quiet=self.quiet)
+                                counters=self.counters, quiet=self.quiet, app_timeout=limits.app_timeout)
         self.lifespan = Lifespan(self.app, self.layer)
         await self.lifespan.startup()
         self.runner.start()
@@ -48,12 +53,12 @@ class WorkerService(AsyncService):
                  channels=", ".join(self.runner.channels), n=limits.max_concurrency)
 
     async def _stop(self):
-        """Stop receiving, drain in-flight calls, lifespan shutdown, close the layer."""
+        """Stop receiving, drain in-flight calls, lifespan shutdown, close the layer (a second signal: at once)."""
         if self.runner is not None:
-            self.runner.stop_receiving()
-            await self.runner.drain(DRAIN_TIMEOUT)
+            await self.finish_calls(self.runner)
         if self.lifespan is not None:
-            await self.lifespan.shutdown()
+            await self.finish_lifespan(self.lifespan)
+        await self.close_metrics()
         self._reporter.stop()
         if self.layer is not None:
             await health.close_layer(self.layer.inner)

@@ -8,7 +8,7 @@ from twisted.internet import defer, error
 from twisted.logger import Logger
 
 from listeners.packets import Arrival, Datagram, Route, address_kind, display_address, interface_name, is_multicast
-from listeners.ports import MAX_PACKET, GatewayPort, _PortProtocol
+from listeners.ports import MAX_PACKET, GatewayPort, _PortProtocol, capped_message
 
 __all__ = ["Arrival", "BadRoute", "BaseListener", "Datagram", "Route", "display_address", "interface_name",
            "is_multicast"]
@@ -39,16 +39,32 @@ class BaseListener(service.Service):
         self.counters = counters
         self.quiet = quiet
         self.ports = []
+        self.bound = False
         self._owners = []
         self._port_infos = {}  # port index -> (port, (bound host, port, IP version, default interface))
 
-    # -- lifecycle -------------------------------------------------------
+    # -- lifecycle: bind (privileged), then start, as Twisted's internet.UDPServer --
+    def privilegedStartService(self):
+        """Bind every port now (twistd calls this before dropping privileges); raises CannotListenError."""
+        service.Service.privilegedStartService(self)
+        self._bind()
+
     def startService(self):
-        """Bind every port now; raises CannotListenError on failure."""
+        """Serve: bind first if privilegedStartService did not. Subclasses then join groups and the like."""
+        if not self.bound:
+            self._bind()
         service.Service.startService(self)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return self._close_ports()
+
+    def _bind(self):
+        self.bound = True
         try:
             for index, host in enumerate(self.bind_addresses()):
                 port = self.make_port(host, index)
+                port.rcvbuf, port.sndbuf = self.config.rcvbuf, self.config.sndbuf
                 port.startListening()
                 self.ports.append(port)
                 self.port_started(port)
@@ -56,13 +72,16 @@ class BaseListener(service.Service):
         except Exception:
             self._close_ports()
             raise
+        self._warn_capped_buffers()
 
-    def stopService(self):
-        service.Service.stopService(self)
-        return self._close_ports()
+    def _warn_capped_buffers(self):
+        """One warning for the listener, however many of its sockets the kernel gave smaller buffers."""
+        capped = next((port.capped for port in self.ports if port.capped), None)
+        if capped:
+            log.warn("listener {name}: {capped}", name=self.name, capped=capped_message(capped))
 
     def _close_ports(self):
-        ports, self.ports = self.ports, []
+        ports, self.ports, self.bound = self.ports, [], False
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
 
     def make_port(self, host, index):
@@ -142,8 +161,21 @@ class BaseListener(service.Service):
                      arrived_on=arrived_on)
 
     def connection_refused(self):
-        self.counters.incr("connection_refused")
+        self.counters.incr("connection_refused", listener=self.name)
         self.quiet.warn("refused", "listener {name}: the peer refused a datagram (ICMP port unreachable)", name=self.name)
+
+    def receive_failed(self, exc):
+        """A socket read failed with an errno not known to be harmless: counted, logged rate-limited."""
+        self.counters.incr("receive_errors", listener=self.name)
+        code = errno.errorcode.get(exc.errno, str(exc.errno))
+        self.quiet.warn(f"recv-{self.name}-{code}", "listener {name}: reading a datagram failed ({err})",
+                        name=self.name, err=exc)
+
+    def handler_failed(self, failure):
+        """Handing a datagram on raised (a bug): counted, its traceback logged at most once per interval."""
+        self.counters.incr("receive_errors", listener=self.name)
+        self.quiet.failure(f"recv-{self.name}-{failure.type.__name__}", "listener {name} failed to handle a datagram",
+                           failure, name=self.name)
 
     # -- sending ---------------------------------------------------------
     def send_reply(self, route, data, multicast=False):
@@ -171,12 +203,12 @@ class BaseListener(service.Service):
                 self.connection_refused()
                 return False
             name = errno.errorcode.get(exc.errno, str(exc.errno))
-            self.counters.incr("dropped_send_failed")
+            self.counters.incr("dropped_send_failed", listener=self.name)
             self.quiet.warn(f"send-{name}", "listener {name}: a datagram could not be sent ({err})",
                             name=self.name, err=exc)
             return False
         except error.MessageLengthError:
-            self.counters.incr("dropped_too_large")
+            self.counters.incr("dropped_too_large", listener=self.name)
             return False
 
 

@@ -1,5 +1,6 @@
 """Multicast UDP: one wildcard socket per family, every group joined on every interface by index."""
 
+import contextlib
 import errno
 import socket
 
@@ -23,6 +24,9 @@ _JOIN_ERRORS = {
     errno.EPERM: "not permitted on this interface",
 }
 _FAMILIES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+# A leave that fails with these means the interface went away and took its memberships with it.
+_LEAVE_GONE = {errno.ENODEV, errno.EADDRNOTAVAIL}
+_MAX_LEAVE_LOGGED = 256  # (family, interface) pairs whose failed leave was logged; forgotten all at once past it
 
 
 class MulticastListener(BaseListener):
@@ -37,6 +41,7 @@ class MulticastListener(BaseListener):
         self._sources = {f: [s for s in config.sources if sockopts.family_of(s) == f] for f in _FAMILIES}
         self._joined = {f: {} for f in _FAMILIES}  # family -> {ifindex: Interface}
         self._refused = {f: set() for f in _FAMILIES}  # family -> ifindexes whose refusal was logged
+        self._leave_logged = set()  # (family, interface name) whose failed leave was logged
         self._poll_interval = poll_interval
         self._poller = None
 
@@ -164,11 +169,23 @@ class MulticastListener(BaseListener):
         for group in self._groups[port.addressFamily]:
             try:
                 self._membership(port.socket, port.addressFamily, group, iface.index, join=False)
-            except OSError:
-                pass  # The kernel drops memberships of a destroyed device itself.
+            except OSError as exc:
+                if exc.errno not in _LEAVE_GONE:  # the kernel drops a destroyed device's memberships itself
+                    self._leave_failed(port.addressFamily, group, iface, exc)
         log.info("listener {name}: left {fam} groups on {iface} (index {index}): gone, down or without an "
                  "{fam} address", name=self.name, fam=_FAMILIES[port.addressFamily], iface=iface.name,
                  index=iface.index)
+
+    def _leave_failed(self, family, group, iface, exc):
+        """An unexpected error on leave: logged once per family and interface, never swallowed."""
+        key = (family, iface.name)
+        if key in self._leave_logged:
+            return
+        if len(self._leave_logged) >= _MAX_LEAVE_LOGGED:
+            self._leave_logged.clear()
+        self._leave_logged.add(key)
+        log.warn("listener {name}: leaving {group} on {iface} (index {index}) failed: {err}", name=self.name,
+                 group=group, iface=iface.name, index=iface.index, err=exc)
 
     def _membership(self, skt, family, group, ifindex, *, join):
         sources = self._sources[family]
@@ -185,14 +202,20 @@ class MulticastListener(BaseListener):
     def _source_membership(self, skt, level, group, ifindex, sources, *, join):
         """Join (or leave) a group for each source; a join that fails midway is undone."""
         option = sockopts.MCAST_JOIN_SOURCE_GROUP if join else sockopts.MCAST_LEAVE_SOURCE_GROUP
+        failed = None
         for count, source in enumerate(sources):
             try:
                 sockopts.setopt(skt, level, option, sockopts.group_source_req(ifindex, group, source))
-            except OSError:
-                if join and count:  # e.g. ENOBUFS past igmp_max_msf: leave no partial filter behind
-                    self._source_membership(skt, level, group, ifindex, sources[:count], join=False)
-                if join:
-                    raise
+            except OSError as exc:
+                if not join:
+                    failed = failed or exc  # still leave the other sources, then report the first error
+                    continue
+                if count:  # e.g. ENOBUFS past igmp_max_msf: leave no partial filter behind
+                    with contextlib.suppress(OSError):
+                        self._source_membership(skt, level, group, ifindex, sources[:count], join=False)
+                raise
+        if failed is not None:
+            raise failed
 
     def joined_interfaces(self):
         """{family: [interface names]} currently joined."""

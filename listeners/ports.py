@@ -2,15 +2,22 @@
 
 import errno
 import socket
+import sys
 
-from twisted.internet import protocol, udp
+from twisted.internet import address, error, protocol, udp
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from listeners import sockopts
 from listeners.packets import Arrival
 
 MAX_PACKET = 65535  # Twisted's default of 8192 silently truncates larger datagrams.
-RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes asked for each socket; Linux caps it at net.core.rmem_max
+RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes asked for each socket unless its listener says (config `rcvbuf`)
+_BUFFERS = (  # option, its name, and the Linux sysctl that caps what SO_RCVBUF/SO_SNDBUF may ask (socket(7))
+    (socket.SO_RCVBUF, "SO_RCVBUF", "net.core.rmem_max"),
+    (socket.SO_SNDBUF, "SO_SNDBUF", "net.core.wmem_max"),
+)
+_LINUX = sys.platform.startswith("linux")
 _READ_IGNORE = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EMSGSIZE, errno.ENOBUFS, errno.ENOMEM}
 _READ_REFUSE = {errno.ECONNREFUSED}
 
@@ -23,10 +30,14 @@ class _PortMixin:
     reuse_port = False
     pktinfo = False
     multicast_socket = False
+    _scoped_host = None  # getHost() of a socket bound to a scoped address, which never changes
+    rcvbuf = RECEIVE_BUFFER  # bytes of SO_RCVBUF asked for
+    sndbuf = None  # bytes of SO_SNDBUF asked for; None keeps the system's default
+    capped = ()  # [(name, got, asked, sysctl)]: buffers the kernel gave less of than asked
 
     def createInternetSocket(self):
         skt = super().createInternetSocket()
-        _raise_receive_buffer(skt)
+        self.capped = size_buffers(skt, self.rcvbuf, self.sndbuf)
         if self.addressFamily == socket.AF_INET6:
             skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if self.reuse_port:
@@ -36,6 +47,47 @@ class _PortMixin:
         if self.pktinfo:
             self.pktinfo = _request_pktinfo(skt, self.addressFamily)
         return skt
+
+    def _bindSocket(self):
+        """Bind as udp.Port does, but a scoped address ("fe80::1%eth0") keeps its scope id."""
+        # Python drops the scope of a 2-tuple: a link-local bind must be (host, port, 0, ifindex),
+        # or the kernel refuses it with EINVAL (ipv6(7)).
+        if self._preexistingSocket is None and "%" in self.interface:
+            skt = None
+            try:
+                skt = self.createInternetSocket()
+                skt.bind(socket_address(self.interface, self.port))
+            except OSError as le:
+                if skt is not None:
+                    skt.close()
+                raise error.CannotListenError(self.interface, self.port, le) from None
+            self._preexistingSocket = skt  # udp.Port then adopts it: port number, log line, reading
+        super()._bindSocket()
+
+    def getHost(self):
+        """udp.Port.getHost, but a link-local address keeps its scope as %name (as `client` does)."""
+        if self._scoped_host is not None:
+            return self._scoped_host
+        if self.addressFamily != socket.AF_INET6:
+            return super().getHost()
+        host, port, flow, scope = self.socket.getsockname()
+        if not scope:
+            return address.IPv6Address("UDP", host, port)
+        try:
+            name = socket.if_indextoname(scope)
+        except OSError:
+            name = str(scope)
+        self._scoped_host = address.IPv6Address("UDP", f"{host.partition('%')[0]}%{name}", port, flow, scope)
+        return self._scoped_host
+
+    def connect(self, host, port):
+        """Connect as udp.Port does, keeping a scoped remote's scope id."""
+        if "%" not in host:
+            return super().connect(host, port)
+        if self._connectedAddr:
+            raise RuntimeError("already connected, reconnecting is not currently supported")
+        self._connectedAddr = (host, port)
+        self.socket.connect(socket_address(host, port))
 
     def doRead(self):
         """Read what is ready; like udp.Port.doRead but keeps scope ids and pktinfo."""
@@ -48,19 +100,21 @@ class _PortMixin:
                 else:
                     (data, addr), ancdata = self.socket.recvfrom(self.maxPacketSize), ()
             except OSError as se:
-                if se.args[0] in _READ_IGNORE:
+                if se.errno in _READ_IGNORE:
                     return
-                if se.args[0] in _READ_REFUSE:
+                if se.errno in _READ_REFUSE:
                     if self._connectedAddr:
                         self.protocol.connectionRefused()
                     return
-                raise
+                # Raised into Twisted, it would log a traceback and close the port: count it and go on.
+                self.protocol.receive_failed(se)
+                return
             read += max(len(data), 64)
             arrival = _arrival(addr, ancdata) if ancdata else Arrival(addr)
             try:
                 self.protocol.packet_received(data, arrival)
             except Exception:
-                log.failure("listener failed to handle a datagram")
+                self.protocol.handler_failed(Failure())
 
     def send_datagram(self, data, address=None, *, source=None, ifindex=0):
         """Send one datagram; pktinfo picks the source address and interface."""
@@ -82,15 +136,39 @@ def _arrival(addr, ancdata):
     return Arrival(addr, dst, ifindex or 0, spec_dst)
 
 
-def _raise_receive_buffer(skt):
-    """Ask for a receive buffer that holds a burst while the reactor is busy elsewhere."""
+def socket_address(host, port):
+    """The tuple to bind or connect to: (host, port), or a 4-tuple with the scope id of "fe80::1%eth0"."""
+    if "%" not in host:
+        return (host, port)
+    flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+    return socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM, 0, flags)[0][4]
+
+
+def size_buffers(skt, rcvbuf, sndbuf):
+    """Ask for the socket's buffers (None: leave one as it is); [(name, got, asked, sysctl)] for those capped."""
     # The default (net.core.rmem_default, ~208 KiB) holds a few hundred small
     # datagrams; past it the kernel drops them unseen (socket(7) SO_RCVBUF).
-    try:
-        if skt.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < RECEIVE_BUFFER:
-            skt.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-    except OSError as exc:  # BSDs refuse sizes above kern.ipc.maxsockbuf instead of capping
-        log.info("keeping the default socket receive buffer ({err})", err=exc)
+    capped = []
+    for (option, name, sysctl), asked in zip(_BUFFERS, (rcvbuf, sndbuf)):
+        if asked is None:
+            continue
+        try:
+            skt.setsockopt(socket.SOL_SOCKET, option, asked)
+        except OSError as exc:  # BSDs refuse sizes above kern.ipc.maxsockbuf instead of capping
+            log.info("keeping the default socket {name} ({err})", name=name, err=exc)
+            continue
+        # Linux grants min(asked, sysctl) and reports twice that, room for its bookkeeping (socket(7)).
+        got = skt.getsockopt(socket.SOL_SOCKET, option) // 2 if _LINUX else asked
+        if got < asked:
+            capped.append((name, got, asked, sysctl))
+    return capped
+
+
+def capped_message(capped):
+    """What a listener logs once when the kernel capped its buffers: what it got and the command to raise it."""
+    what = ", ".join(f"{name} capped at {got} bytes (asked {asked})" for name, got, asked, _ in capped)
+    command = " ".join(f"{sysctl}={asked}" for _, _, asked, sysctl in capped)
+    return f"{what}: raise it with `sysctl -w {command}` (and in /etc/sysctl.d/ to keep it)"
 
 
 def _request_pktinfo(skt, family):
@@ -158,3 +236,9 @@ class _PortProtocol(protocol.DatagramProtocol):
 
     def connectionRefused(self):
         self._listener.connection_refused()
+
+    def receive_failed(self, exc):
+        self._listener.receive_failed(exc)
+
+    def handler_failed(self, failure):
+        self._listener.handler_failed(failure)

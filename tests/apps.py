@@ -1,6 +1,9 @@
 """Applications used by the end-to-end tests."""
 
+import asyncio
 import json
+
+from twisted.logger import Logger
 
 from gateway.consumer import UDPConsumer
 
@@ -22,6 +25,9 @@ class Inspect(UDPConsumer):
 
     async def udp_receive(self, message):
         await self.reply(message, describe(message))
+
+
+inspect = Inspect.as_asgi()
 
 
 class Raising(UDPConsumer):
@@ -49,6 +55,19 @@ class Slow(UDPConsumer):
             await self.reply(message, message["data"])
         finally:
             cls.active -= 1
+
+
+class Hanging(UDPConsumer):
+    """Never returns for datagrams starting with b"hang" (logging "hanging on ..." first); echoes the rest."""
+
+    async def udp_receive(self, message):
+        if message["data"].startswith(b"hang"):
+            Logger().info("hanging on {data}", data=message["data"].decode("latin-1"))
+            await asyncio.Future()
+        await self.reply(message, message["data"])
+
+
+hanging = Hanging.as_asgi()
 
 
 class Recorder(UDPConsumer):
@@ -91,6 +110,9 @@ class Replies(UDPConsumer):
             await self.channel_layer.send(message["reply_channel"], reply)
 
 
+replies = Replies.as_asgi()
+
+
 async def raw_echo(scope, receive, send):
     """A bare ASGI callable (no lifespan support: it raises on the lifespan scope)."""
     if scope["type"] != "channel":
@@ -130,3 +152,17 @@ class Burst(UDPConsumer):
         count = 1000 if message["data"] == b"many" else 1
         for _ in range(count):
             await self.reply(message, message["data"])
+
+
+class Sleepy(UDPConsumer):
+    """Each call, and lifespan shutdown, sleep an hour: only a second stop signal ends a stop quickly."""
+
+    async def udp_receive(self, message):
+        Logger().info("sleepy: call started")
+        await asyncio.sleep(3600)
+
+    async def shutdown(self):
+        await asyncio.sleep(3600)
+
+
+sleepy = Sleepy.as_asgi()

@@ -1,16 +1,43 @@
 """Shared fixtures: a real gateway on loopback, async UDP clients, skip-or-fail for optional parts."""
 
+import functools
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 
 from tests import support
-from tests.netns import pair, run_gateway  # noqa: F401 (fixtures for the namespace tests)
+from tests.netns import pair, remove_leftover_namespaces, run_gateway  # noqa: F401 (fixtures for the namespace tests)
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "netns: needs ip netns (root, iproute2)")
     config.addinivalue_line("markers", "redis: needs redis-server")
+
+
+def pytest_sessionstart(session):
+    """Namespaces left by an earlier run that was killed (its pid is gone) are removed first."""
+    remove_leftover_namespaces()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under UDPGATEWAY_REQUIRE_ALL=1 (CI) any skip or xfail, however it was raised, is a failure."""
+    _no_skips((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped while it is collected."""
+    _no_skips((yield).get_result())
+
+
+def _no_skips(report):
+    if support.REQUIRE_ALL and (report.skipped or hasattr(report, "wasxfail")):
+        why = getattr(report, "wasxfail", None) or (report.longrepr[2] if isinstance(report.longrepr, tuple) else
+                                                     report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped or xfailed under UDPGATEWAY_REQUIRE_ALL=1: {why}"
 
 
 @pytest.fixture
@@ -36,13 +63,16 @@ def gateway(write_config):
         service = support.build_service(write_config(text, **modules), app=app)
         started.append(service)
         service.startService()
-        await support.wait(service.started, 10)
+        await support.wait(service.started)
         return service
 
     yield start
-    for service in started:
-        if service.running:
-            pytest_twisted.blockon(service.stopService())
+    support.teardown(*(functools.partial(_stop_service, service) for service in started))
+
+
+def _stop_service(service):
+    if service.running:
+        pytest_twisted.blockon(service.stopService())
 
 
 @pytest.fixture
@@ -59,8 +89,11 @@ def client():
         return c
 
     yield make
-    for c in clients:
-        pytest_twisted.blockon(defer.maybeDeferred(c.port.stopListening))
+    support.teardown(*(functools.partial(_close_client, c) for c in clients))
+
+
+def _close_client(c):
+    pytest_twisted.blockon(defer.maybeDeferred(c.port.stopListening))
 
 
 @pytest.fixture

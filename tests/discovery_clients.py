@@ -32,7 +32,7 @@ async def ssdp(source, seconds):
     listener.async_stop()
     device = None
     if responses:
-        factory = UpnpFactory(AiohttpRequester(timeout=5))
+        factory = UpnpFactory(AiohttpRequester(timeout=20))
         found = await asyncio.wait_for(factory.async_create_device(responses[0]["location"]), seconds)
         device = {"udn": found.udn, "device_type": found.device_type, "friendly_name": found.name}
     return {"responses": responses, "device": device}

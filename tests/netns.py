@@ -15,17 +15,18 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.processes import GatewayProcess, child_env
-from tests.support import skip_or_fail
+from tests.support import skip_or_fail, teardown, wait_until
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "nsclient.py"
 _counter = itertools.count(1)
+# Our namespaces are named ugw<pid of the test run>x<n>g / c (and ugw<pid>probe): nothing else is ever removed.
+_OURS = re.compile(r"ugw(\d+)(?:x\d+[gc]|probe)")
 
 
 def ip(*args, check=True, timeout=10):
@@ -50,6 +51,28 @@ def netns_available():
         return f"ip netns does not work here: {exc}"
     ip("netns", "del", name, check=False)
     return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftover_namespaces():
+    """Remove namespaces of ours whose test run is gone (killed before its teardown); returns their names."""
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        return []
+    names = [line.split()[0] for line in ip("netns", "list", check=False).splitlines() if line.strip()]
+    leftover = [name for name in names
+                if (match := _OURS.fullmatch(name)) and int(match[1]) != os.getpid() and not _alive(int(match[1]))]
+    for name in leftover:
+        ip("netns", "del", name, check=False)
+    return leftover
 
 
 class NetnsPair:
@@ -92,14 +115,10 @@ class NetnsPair:
         if v6:
             ip("-n", ns, "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
 
-    def wait_ready(self, timeout=5.0):
+    def wait_ready(self, timeout=30.0):
         """Wait until both link-local addresses are usable (not tentative)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.link_local(self.gw) and self.link_local(self.cl):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("IPv6 link-local addresses stayed tentative")
+        wait_until(lambda: self.link_local(self.gw) and self.link_local(self.cl), timeout,
+                   what="IPv6 link-local addresses that are not tentative")
 
     def link_local(self, ns):
         """The fe80:: address of the namespace's veth end, or None while tentative."""
@@ -118,15 +137,16 @@ class NetnsPair:
         return done.stdout
 
     def destroy(self):
-        for proc in self._background:  # clients left waiting by a failed test
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-        for ns in (self.gw, self.cl):
-            ip("netns", "del", ns, check=False)
+        """Kill clients left waiting by a failed test and delete both namespaces, each step tried."""
+        teardown(*(functools.partial(_kill, proc) for proc in self._background),
+                 *(functools.partial(ip, "netns", "del", ns) for ns in (self.gw, self.cl) if self._exists(ns)))
+
+    @staticmethod
+    def _exists(ns):
+        return any(line.split()[:1] == [ns] for line in ip("netns", "list", check=False).splitlines())
 
     # -- processes -------------------------------------------------------
-    def python(self, ns, *args, timeout=15, env=None):
+    def python(self, ns, *args, timeout=60, env=None):
         """Run `python ARGS` inside `ns` and return its stdout (raises on a non-zero exit)."""
         argv = ["ip", "netns", "exec", ns, sys.executable, *map(str, args)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=child_env(env), cwd=HERE.parent)
@@ -136,7 +156,7 @@ class NetnsPair:
 
     def client(self, *args, ns=None):
         """Run tests/nsclient.py in the client namespace; its result with `data` decoded to bytes."""
-        return _client_result(self.python(ns or self.cl, CLIENT, *args, timeout=40))
+        return _client_result(self.python(ns or self.cl, CLIENT, *args))
 
     def listen(self, *args, ns=None):
         """Start tests/nsclient.py in the background, return once it is bound (and joined)."""
@@ -144,6 +164,15 @@ class NetnsPair:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
         self._background.append(proc)
         return Listening(proc)
+
+
+def _kill(proc):
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 class Listening:
@@ -156,7 +185,7 @@ class Listening:
             self.result()
             raise RuntimeError(f"client did not start: {line!r}")
 
-    def result(self, timeout=40):
+    def result(self, timeout=60):
         try:
             out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -169,8 +198,9 @@ class Listening:
 
 def _client_result(out):
     result = json.loads(out.strip().splitlines()[-1])
-    for reply in result["replies"]:
-        reply["data"] = base64.b64decode(reply["data"])
+    for reply in result["replies"] + [result.get("marker") or {}]:
+        if "data" in reply:
+            reply["data"] = base64.b64decode(reply["data"])
     return result
 
 
@@ -213,7 +243,11 @@ def run_gateway(pair, tmp_path):
         return process.start(ready=ready)
 
     yield start
-    for process in started:
-        if process.proc.poll() is None:
-            status = process.stop()
-            assert status == 0, f"gateway exited {status}:\n{process.log_text()}\n" + "\n".join(process.errors)
+    teardown(*(functools.partial(_stopped_cleanly, process) for process in started))
+
+
+def _stopped_cleanly(process):
+    """Stop a gateway that is still running (SIGTERM, then SIGKILL); it must have exited 0."""
+    if process.proc is not None and process.proc.poll() is None:
+        status = process.stop()
+        assert status == 0, f"gateway exited {status}:\n{process.log_text()}\n" + "\n".join(process.errors)

@@ -1,9 +1,14 @@
 """A bounded UDP test client, run inside a namespace: send at most one datagram, collect replies, print JSON.
 
-    python tests/nsclient.py --to 239.1.2.3 5000 --ifname vcl --data hello --count 1 --timeout 3
+    python tests/nsclient.py --to 239.1.2.3 5000 --ifname vcl --data hello --count 1 --timeout 30
 
 Prints one JSON object: {"sent_from": [host, port], "replies": [{"data": b64, "source": [host, port],
 "ttl": n, "dst": addr}, ...]}. With --ready it first prints "ready" once bound (and joined).
+
+With --marker HOST PORT DATA MATCH it then sends DATA to HOST:PORT from the same socket and reads
+until a reply containing MATCH: "replies" are those that came before it, "marker" is that reply.
+A reply to the marker proves anything sent earlier that was going to be answered has been, so
+"exactly one reply" or "no reply" needs no fixed window.
 """
 
 import argparse
@@ -29,13 +34,16 @@ def parse_args(argv):
     parser.add_argument("--data", default="hello")
     parser.add_argument("--hex", action="store_true", help="--data is hexadecimal bytes")
     parser.add_argument("--count", type=int, default=1, help="stop after this many replies")
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for replies (max 30)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for replies (max 30)")
+    parser.add_argument("--marker", nargs=4, metavar=("HOST", "PORT", "DATA", "MATCH"), default=None)
     parser.add_argument("--ready", action="store_true")
     args = parser.parse_args(argv)
     if args.family is None:
         hosts = [h for h in (args.bind, args.to and args.to[0], *args.join) if h]
         args.family = 6 if any(":" in h for h in hosts) else 4
     args.timeout = min(args.timeout, 30.0)
+    if args.marker:
+        args.count = 1 << 16  # ends at the marker's reply (or the timeout)
     args.data = bytes.fromhex(args.data) if args.hex else args.data.encode()
     return args
 
@@ -72,8 +80,9 @@ def join(skt, family, group, ifindex):
         skt.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
 
 
-def send(skt, args, ifindex):
-    host, port = args.to[0], int(args.to[1])
+def send(skt, args, ifindex, to=None, data=None):
+    host, port = to or (args.to[0], int(args.to[1]))
+    data = args.data if data is None else data
     multicast = host.startswith("ff") or (":" not in host and 224 <= int(host.split(".")[0]) < 240)
     if skt.family == socket.AF_INET6:
         if multicast:
@@ -83,7 +92,7 @@ def send(skt, args, ifindex):
             skt.setsockopt(socket.IPPROTO_IPV6, option, args.ttl)
         host, _, scope = host.partition("%")
         scope_id = socket.if_nametoindex(scope) if scope else (ifindex if host.startswith(("fe80", "ff02")) else 0)
-        skt.sendto(args.data, (host, port, 0, scope_id))
+        skt.sendto(data, (host, port, 0, scope_id))
     else:
         if multicast and ifindex:
             mreqn = struct.pack("=4s4si", b"\0" * 4, b"\0" * 4, ifindex)
@@ -91,10 +100,11 @@ def send(skt, args, ifindex):
         if args.ttl is not None:
             option = socket.IP_MULTICAST_TTL if multicast else socket.IP_TTL
             skt.setsockopt(socket.IPPROTO_IP, option, args.ttl)
-        skt.sendto(args.data, (host, port))
+        skt.sendto(data, (host, port))
 
 
-def receive(skt, args):
+def receive(skt, args, until=None):
+    """Replies until `count`, the timeout, or one containing `until` (bytes): (replies before it, that one)."""
     replies, deadline = [], time.monotonic() + args.timeout
     while len(replies) < args.count:
         remaining = deadline - time.monotonic()
@@ -105,8 +115,10 @@ def receive(skt, args):
             data, ancdata, _flags, addr = skt.recvmsg(65535, 256)
         except socket.timeout:
             break
+        if until is not None and until in data:
+            return replies, describe(data, ancdata, addr)
         replies.append(describe(data, ancdata, addr))
-    return replies
+    return replies, None
 
 
 def describe(data, ancdata, addr):
@@ -136,9 +148,17 @@ def main(argv=None):
         print("ready", flush=True)
     if args.to:
         send(skt, args, ifindex)
+    until = None
+    if args.marker:
+        host, port, data, match = args.marker
+        send(skt, args, ifindex, (host, int(port)), data.encode())
+        until = match.encode()
     local = skt.getsockname()
-    replies = receive(skt, args) if args.count else []
-    print(json.dumps({"sent_from": [scoped(local), local[1]], "replies": replies}), flush=True)
+    replies, marker = receive(skt, args, until) if args.count else ([], None)
+    result = {"sent_from": [scoped(local), local[1]], "replies": replies}
+    if args.marker:
+        result["marker"] = marker
+    print(json.dumps(result), flush=True)
     skt.close()
 
 

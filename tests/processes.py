@@ -1,5 +1,6 @@
 """Real gateway and worker processes for tests: started by us, read line by line, stopped by PID."""
 
+import functools
 import os
 import queue
 import re
@@ -11,6 +12,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from tests.support import DEADLINE, teardown
 
 BIN = Path(sys.executable).parent
 TWISTD = BIN / "twistd"
@@ -43,7 +46,7 @@ class Process:
         self._threads = []
         self.proc = None
 
-    def start(self, ready=True, timeout=20.0):
+    def start(self, ready=True, timeout=DEADLINE):
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      cwd=self.cwd, env=child_env(self.env), stdin=subprocess.DEVNULL)
         self._threads = [threading.Thread(target=t, daemon=True) for t in (self._read, self._read_errors)]
@@ -81,7 +84,7 @@ class Process:
             self.listeners.setdefault(name, []).append((host, int(port)))
         return True
 
-    def wait_for(self, text, timeout=10.0, *, start=0):
+    def wait_for(self, text, timeout=DEADLINE, *, start=0):
         """The first log line (from index `start`) containing `text`; fails with the log so far."""
         deadline, index = time.monotonic() + timeout, start
         while True:
@@ -113,7 +116,7 @@ class Process:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signum)
 
-    def stop(self, timeout=20.0, signum=signal.SIGTERM):
+    def stop(self, timeout=DEADLINE, signum=signal.SIGTERM):
         """Signal this process only and wait; returns its exit status (-9 if it had to be killed)."""
         self.send_signal(signum)
         try:
@@ -124,7 +127,7 @@ class Process:
             self._finish()
             return -9
 
-    def wait_exit(self, timeout=20.0):
+    def wait_exit(self, timeout=DEADLINE):
         status = self.proc.wait(timeout)
         self._finish()
         return status
@@ -142,11 +145,19 @@ class GatewayProcess(Process):
 
     ready_text = "udpgateway ready"
 
-    def __init__(self, config_path, *, env=None, ns=None):
-        cwd = tempfile.mkdtemp(prefix="udpgateway-twistd-")  # twistd leaves twistd.pid here, not beside the config
-        argv = [TWISTD, "-n", f"--pidfile={cwd}/twistd.pid", "udpgateway", "-c", config_path]
+    def __init__(self, config_path, *, env=None, ns=None, cwd=None, twistd=None, twistd_options=None):
+        """`cwd` given: twistd runs there with its default pid file (./twistd.pid), and the directory stays."""
+        own = cwd is None
+        cwd = str(cwd or tempfile.mkdtemp(prefix="udpgateway-twistd-"))  # twistd leaves twistd.pid here
+        options = twistd_options if twistd_options is not None else (
+            ["-n", f"--pidfile={cwd}/twistd.pid"] if own else ["-n"])
+        argv = [twistd or TWISTD, *options, "udpgateway", "-c", config_path]
         super().__init__(argv, cwd=cwd, env=env, ns=ns)
-        self._own_cwd = True
+        self._own_cwd = own
+
+    @property
+    def pidfile(self):
+        return Path(self.cwd) / "twistd.pid"
 
 
 class WorkerProcess(Process):
@@ -158,19 +169,71 @@ class WorkerProcess(Process):
         super().__init__([UDPGATEWAY, "worker", "-c", config_path, *channels], env=env, ns=ns)
 
 
+def run_in_own_group(argv, timeout, **kwargs):
+    """Run `argv` to its end in a session of its own: (returncode, stdout, stderr).
+
+    Whatever happens (a timeout, a failure, Ctrl-C) nothing it started outlives this call: it
+    gets SIGTERM (to stop its children itself), then its process group, the one this call
+    created (PGID = its PID), gets SIGKILL. Fails if it ran past `timeout` or left a process behind.
+    """
+    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True, env=kwargs.pop("env", child_env()),
+                            **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            out, err = "", ""
+        raise AssertionError(f"{argv} ran past {timeout} s:\n{out}{err}") from None
+    finally:
+        left = kill_group(proc)
+        if proc.poll() is None:
+            proc.wait(10)
+    assert not left, f"{argv} left processes of its group running: {left}\n{out}{err}"
+    return proc.returncode, out, err
+
+
+def kill_group(proc):
+    """SIGKILL the process group `proc` leads (its own session); returns the PIDs it still had."""
+    left = [pid for pid in _pids() if pid != proc.pid and _pgid(pid) == proc.pid]
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return left
+
+
+def _pids():
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _pgid(pid):
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
 class Processes:
     """Every process a test started; `stop_all()` stops the ones still running, by PID."""
 
     def __init__(self):
         self.started = []
 
-    def start(self, process, ready=True, timeout=20.0):
+    def start(self, process, ready=True, timeout=DEADLINE):
         self.started.append(process)
         return process.start(ready=ready, timeout=timeout)
 
     def stop_all(self):
+        """Stop each one still running, by its PID, even if stopping another failed; [(process, status)]."""
         statuses = []
-        for process in self.started:
+
+        def stop(process):
             if process.proc is not None and process.proc.poll() is None:
                 statuses.append((process, process.stop()))
+
+        teardown(*(functools.partial(stop, process) for process in self.started))
         return statuses

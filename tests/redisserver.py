@@ -8,7 +8,10 @@ import subprocess
 import tempfile
 import time
 
-STARTUP_TIMEOUT = 10.0
+from tests.support import DEADLINE
+
+STARTUP_TIMEOUT = DEADLINE
+COMMAND_TIMEOUT = 10.0  # a loaded machine answers late, not never
 
 
 def free_tcp_port():
@@ -60,7 +63,7 @@ class RedisServer:
         """Whether the server answers PING now."""
         return self.command(b"PING", timeout=timeout) == b"+PONG"
 
-    def command(self, *words, timeout=2.0):
+    def command(self, *words, timeout=COMMAND_TIMEOUT):
         """Send one inline command and return the first line of the answer (None if unreachable)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
@@ -77,7 +80,7 @@ class RedisServer:
 
     def info(self, section=b"stats"):
         """INFO of one section as {field: value text}."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2.0) as s:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=COMMAND_TIMEOUT) as s:
             s.sendall(b"INFO " + section + b"\r\n")
             answer = b""
             while b"\r\n" not in answer or len(answer) < int(answer[1:answer.index(b"\r\n")]) + 4:

@@ -18,18 +18,46 @@ BURST_CAPACITY = '    channel_capacity: {"udp.receive": 10000, "udp.send.*": 100
 BAD_LOG_TEXT = ("Traceback", "Unclosed", "Task was destroyed", "never retrieved", "Unhandled error")
 
 
+HOLD_LINE = "holding"
+HOLD_BOUND = 300.0  # seconds a held call waits for its release file at most
+
+
 class Tagged(UDPConsumer):
-    """Replies `<data> <worker pid> <gateway id>`, after UDPGATEWAY_TEST_DELAY seconds (default 0)."""
+    """Replies `<data> <worker pid> <gateway id>`.
+
+    With UDPGATEWAY_TEST_HOLD=PATH each call first prints "holding <data>" and waits
+    until the file PATH exists: a test sees how many calls a worker has in progress
+    and decides when they finish, instead of guessing with delays.
+    """
 
     async def udp_receive(self, message):
-        delay = float(os.environ.get("UDPGATEWAY_TEST_DELAY") or 0)
-        if delay:
-            await asyncio.sleep(delay)
+        release = os.environ.get("UDPGATEWAY_TEST_HOLD")
+        if release:
+            print(HOLD_LINE, message["data"].decode(errors="replace"), flush=True)
+            await _until_exists(release)
         gateway = message["reply_channel"].partition("!")[0].removeprefix("udp.send.")
         await self.reply(message, b" ".join([message["data"], str(os.getpid()).encode(), gateway.encode()]))
 
 
+async def _until_exists(path):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HOLD_BOUND
+    while not os.path.exists(path) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+
+
 application = Tagged.as_asgi()
+
+
+def held(process):
+    """The payloads a worker running Tagged with UDPGATEWAY_TEST_HOLD has taken (and holds, until released)."""
+    process.count(HOLD_LINE)  # reads what it printed so far
+    return [match[1].encode() for line in process.lines if (match := re.search(HOLD_LINE + r" (\S+)", line))]
+
+
+def queued(redis, channel=b"udp.receive"):
+    """How many messages wait in a channels_redis channel (default prefix "asgi")."""
+    return int(redis.command(b"ZCARD", b"asgi" + channel)[1:])
 
 
 # Children show ResourceWarnings (unclosed sockets and pools), which Python hides by default.

@@ -1,8 +1,9 @@
-"""Test helpers: real UDP clients with one-shot waits, service building, skip-or-fail."""
+"""Test helpers: event waits with generous deadlines, real UDP clients, service building, skip-or-fail."""
 
 import asyncio
 import functools
 import os
+import time
 
 import pytest
 from twisted.internet import defer, protocol
@@ -11,6 +12,42 @@ from gateway.service import GatewayService
 from gateway.startup import load_application
 
 REQUIRE_ALL = os.environ.get("UDPGATEWAY_REQUIRE_ALL") == "1"
+# How long a test waits for an event (a reply, a log line, a counter) before it fails. Generous on
+# purpose: a loaded machine is slow, not wrong; a passing test never waits this long.
+DEADLINE = 30.0
+
+
+def wait_until(condition, timeout=DEADLINE, *, interval=0.05, what=None):
+    """Poll `condition()` until it returns something true and return that; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(interval)
+    return result
+
+
+async def eventually(condition, timeout=DEADLINE, *, interval=0.02, what=None):
+    """`wait_until` for asyncio tests: polls without blocking the reactor."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (result := condition()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        await asyncio.sleep(interval)
+    return result
+
+
+def teardown(*steps):
+    """Run every step (a callable), even after one fails; then raise the first failure."""
+    errors = []
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:  # noqa: BLE001 (collected, raised below)
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def aio(test):
@@ -25,7 +62,7 @@ def aio(test):
 
 async def stop(service):
     """Stop a service and wait for its whole stop sequence."""
-    await wait(service.stopService(), 20)
+    await wait(service.stopService())
 
 
 def skip_or_fail(reason):
@@ -46,7 +83,7 @@ def build_service(path, app=None):
     return GatewayService(config, reactor=reactor, app=app if app is not None else load_application(config))
 
 
-async def wait(deferred_or_future, timeout=5.0):
+async def wait(deferred_or_future, timeout=DEADLINE):
     """Await a Deferred or asyncio future with a timeout (asyncio side)."""
     if isinstance(deferred_or_future, defer.Deferred):
         deferred_or_future = deferred_or_future.asFuture(asyncio.get_event_loop())
@@ -76,7 +113,7 @@ class UDPClient(protocol.DatagramProtocol):
         host = self.transport.getHost()
         return host.host, host.port
 
-    async def receive(self, timeout=5.0, count=1):
+    async def receive(self, timeout=DEADLINE, count=1):
         """The next `count` datagrams as (data, addr), in order."""
         loop = asyncio.get_event_loop()
         deadline = loop.time() + timeout
@@ -93,10 +130,70 @@ class UDPClient(protocol.DatagramProtocol):
         got, self.received = self.received[:count], self.received[count:]
         return got if count > 1 else got[0]
 
-    async def nothing(self, seconds=0.3):
-        """Assert no datagram arrives within `seconds`."""
-        await asyncio.sleep(seconds)
-        assert not self.received, self.received
+    async def flush(self, address, marker=b"marker", *, answer=None, timeout=DEADLINE):
+        """Send `marker` to `address`, wait for its answer, and return what arrived before it (removed).
+
+        The answer is the first datagram equal to `answer` (default: the marker itself) or, if
+        `answer` is callable, the first it accepts. A reply to the marker proves that anything sent
+        earlier that was going to be answered has been: "nothing arrived" checks use this instead
+        of waiting a fixed time, which passes whenever the gateway is merely slow.
+        """
+        answer = answer if answer is not None else marker
+        accepts = answer if callable(answer) else (lambda data: data == answer)
+        self.send(marker, address)
+        loop = asyncio.get_event_loop()
+        deadline = loop.time() + timeout
+        while not any(accepts(data) for data, _ in self.received):
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise AssertionError(f"no answer to {marker!r} from {address} within {timeout} s") from None
+        index = next(i for i, (data, _) in enumerate(self.received) if accepts(data))
+        before, self.received = self.received[:index], self.received[index + 1:]
+        for _ in range(3):  # let datagrams already queued on other sockets be read too
+            await asyncio.sleep(0)
+        return before
+
+    async def until_answered(self, address, data=b"probe", *, timeout=DEADLINE, interval=0.25):
+        """Send `data` every `interval` until a reply arrives (a layer still subscribing); bounded by `timeout`."""
+        loop = asyncio.get_event_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            self.send(data, address)
+            try:
+                return await self.receive(min(interval, max(0.0, deadline - loop.time())))
+            except asyncio.TimeoutError:
+                continue
+        raise AssertionError(f"nothing answered at {address} within {timeout} s")
+
+
+def counting(mapping):
+    """A copy of a dict or OrderedDict that counts the keys its iterations visit, in `.visits`.
+
+    Tests of cost use it instead of a stopwatch: work per call is the number of entries
+    a call looks at, which a loaded machine does not change.
+    """
+
+    class Counting(type(mapping)):
+        visits = 0
+
+        def __iter__(self):
+            for key in super().__iter__():
+                self.visits += 1
+                yield key
+
+        def keys(self):
+            return list(iter(self))
+
+        def values(self):
+            return [self[key] for key in self]
+
+        def items(self):
+            return [(key, self[key]) for key in self]
+
+    return Counting(mapping)
 
 
 def listener_address(service, name):

@@ -1,25 +1,59 @@
-"""The benchmark runs (a seconds-long smoke; real figures come from running it by hand)."""
+"""The benchmarks run (seconds-long smokes; real figures come from running them by hand)."""
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.processes import child_env, kill_group, run_in_own_group
 from tests.support import skip_or_fail
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "echo_bench.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# A bound on a hung benchmark, not a speed check: on a busy machine the smokes take far longer than alone.
+BOUND = 600
 
 
 @pytest.mark.parametrize("extra", [[], ["--redis"]], ids=["memory", "redis"])
 def test_echo_benchmark_smoke(extra):
-    """benchmarks/echo_bench.py --smoke measures the raw echo and the gateway (and over Redis) and prints ratios."""
+    """benchmarks/echo_bench.py --smoke measures the raw echo and the gateway (and over Redis), prints
+    ratios, and leaves none of the servers it started running."""
     if extra and shutil.which("redis-server") is None:
         skip_or_fail("redis-server is not installed (apt-get install redis-server)")
-    done = subprocess.run([sys.executable, str(BENCH), "--smoke", *extra], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "ratios gateway/raw" in done.stdout
+    status, out, err = run_in_own_group([sys.executable, BENCHMARKS / "echo_bench.py", "--smoke", *extra], BOUND)
+    assert status == 0, out + err
+    assert "ratios gateway/raw" in out
     if extra:
-        assert "ratios redis/raw" in done.stdout
+        assert "ratios redis/raw" in out
+
+
+def test_echo_benchmark_stopped_leaves_nothing_running():
+    """SIGTERM to benchmarks/echo_bench.py mid-run stops the raw echo and the gateway it started, by PID."""
+    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / "echo_bench.py"), "--smoke", "--hold"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=child_env())
+    try:
+        seen = []
+        for line in proc.stdout:  # ends early if the benchmark does
+            seen.append(line)
+            if "servers started" in line:
+                break
+        assert seen and "servers started" in seen[-1], "".join(seen)
+        proc.send_signal(signal.SIGTERM)  # it holds before measuring until a line on stdin: never comes
+        assert proc.wait(60) == 128 + signal.SIGTERM, "".join(seen)
+    finally:
+        left = kill_group(proc)
+        if proc.poll() is None:
+            proc.wait(10)
+        proc.stdin.close()
+        proc.stdout.close()
+    assert not left, f"left running: {left}"
+
+
+def test_core_benchmark_smoke():
+    """benchmarks/core_bench.py --smoke times the memory layer and the token table."""
+    status, out, err = run_in_own_group([sys.executable, BENCHMARKS / "core_bench.py", "--smoke"], BOUND)
+    assert status == 0, out + err
+    assert "memory layer:" in out and "token table:" in out

@@ -1,18 +1,24 @@
 """Tests for gateway.config: one line per problem with file and key path, or a frozen GatewayConfig."""
 
+import ast
 import dataclasses
+import ipaddress
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from gateway import _checker as checker_module
+import gateway.config
 from gateway import interfaces
 from gateway.config import (
     GatewayConfig,
     LayerConfig,
     Limits,
     ListenerConfig,
+    Metrics,
     Problem,
+    RateLimit,
     Remote,
     describe,
     errors,
@@ -64,7 +70,7 @@ def isolated(monkeypatch):
     """Fixture modules, sys.path, the environment and sysctls are restored or fixed for each test."""
     saved_path = list(sys.path)
     monkeypatch.delenv("UDPGW_TEST_UNSET", raising=False)
-    monkeypatch.setattr(checker_module, "read_sysctl", lambda name: None)
+    monkeypatch.setattr(interfaces, "read_sysctl", lambda name: None)
     yield
     sys.path[:] = saved_path
     for name in [n for n in sys.modules if n.startswith("cfg")]:
@@ -104,7 +110,8 @@ ROWS = [
     (
         "unknown-key-no-match",
         doc(P + ", zzz: 1"),
-        "listeners[0].zzz: unknown key (expected one of: name, type, port, channel, bind, reuse_port)",
+        "listeners[0].zzz: unknown key (expected one of: name, type, port, channel, bind, reuse_port, allow, deny, "
+        "rate_limit, amplification, rcvbuf, sndbuf)",
     ),
     (
         "unknown-limits-key",
@@ -481,6 +488,16 @@ ROWS = [
         "limits.max_reply_channels: 0 is less than 1",
     ),
     (
+        "app-timeout-zero",
+        doc(P, top=APP + "limits: {app_timeout: 0}\n"),
+        "gateway.yaml: limits.app_timeout: 0 is not a positive number",
+    ),
+    (
+        "app-timeout-string",
+        doc(P, top=APP + "limits: {app_timeout: none}\n"),
+        "gateway.yaml: limits.app_timeout: expected a number, got 'none'",
+    ),
+    (
         "limits-zero-poll",
         doc(P, top=APP + "limits: {interface_poll: 0}\n"),
         "limits.interface_poll: 0 is not a positive number",
@@ -491,6 +508,100 @@ ROWS = [
         "limits.reply_ttl: -1.5 is not a positive number",
     ),
     ("limits-not-mapping", doc(P, top=APP + "limits: 5\n"), "gateway.yaml: limits: expected a mapping, got 5"),
+    ("max-sources-zero", doc(P, top=APP + "limits: {max_sources: 0}\n"), "limits.max_sources: 0 is less than 1"),
+    (
+        "max-sources-typo",
+        doc(P, top=APP + "limits: {max_source: 5}\n"),
+        "gateway.yaml: limits.max_source: unknown key (did you mean 'max_sources'?)",
+    ),
+    ("max-sources-float", doc(P, top=APP + "limits: {max_sources: 1000.5}\n"), "expected an integer, got 1000.5"),
+    # allow and deny
+    (
+        "allow-host-bits",
+        doc(P + ", allow: [192.0.2.1/24]"),
+        "gateway.yaml: listeners[0].allow[0]: 192.0.2.1/24 has host bits set; did you mean 192.0.2.0/24?",
+    ),
+    (
+        "deny-ipv6-host-bits",
+        doc(M + ", deny: ['2001:db8::1/32']"),
+        "gateway.yaml: listeners[0].deny[0]: 2001:db8::1/32 has host bits set; did you mean 2001:db8::/32?",
+    ),
+    (
+        "deny-not-an-address",
+        doc(P + ", deny: [192.0.2.0/24, example.com]"),
+        "gateway.yaml: listeners[0].deny[1]: 'example.com' is not an IP address or network "
+        "(like 192.0.2.0/24 or 2001:db8::/32)",
+    ),
+    ("allow-prefix-too-long", doc(C + ", allow: [10.0.0.0/33]"), "listeners[0].allow[0]: '10.0.0.0/33' is not an IP"),
+    ("allow-not-list", doc(P + ", allow: 192.0.2.0/24"), "listeners[0].allow: expected a list, got '192.0.2.0/24'"),
+    ("allow-int", doc(P + ", allow: [10]"), "gateway.yaml: listeners[0].allow[0]: expected a string, got 10"),
+    (
+        "allow-empty",
+        doc(P + ", allow: []"),
+        "gateway.yaml: listeners[0].allow: must not be empty (leave allow out to serve every source)",
+    ),
+    ("allow-typo", doc(P + ", alow: [192.0.2.0/24]"), "listeners[0].alow: unknown key (did you mean 'allow'?)"),
+    # rate_limit
+    (
+        "rate-limit-without-burst",
+        doc(P + ", rate_limit: {rate: 100}"),
+        "gateway.yaml: listeners[0].rate_limit.burst: required key is missing",
+    ),
+    ("rate-limit-empty", doc(M + ", rate_limit: {}"), "listeners[0].rate_limit.rate: required key is missing"),
+    (
+        "rate-limit-zero-rate",
+        doc(P + ", rate_limit: {rate: 0, burst: 5}"),
+        "gateway.yaml: listeners[0].rate_limit.rate: 0 is not a positive number",
+    ),
+    ("rate-limit-inf-rate", doc(P + ", rate_limit: {rate: .inf, burst: 5}"), "rate: inf is not a positive number"),
+    ("rate-limit-zero-burst", doc(P + ", rate_limit: {rate: 5, burst: 0}"), "rate_limit.burst: 0 is less than 1"),
+    (
+        "rate-limit-float-burst",
+        doc(C + ", rate_limit: {rate: 5, burst: 2.5}"),
+        "listeners[0].rate_limit.burst: expected an integer, got 2.5",
+    ),
+    (
+        "rate-limit-typo",
+        doc(P + ", rate_limit: {rate: 5, brust: 9}"),
+        "gateway.yaml: listeners[0].rate_limit.brust: unknown key (did you mean 'burst'?)",
+    ),
+    ("rate-limit-number", doc(P + ", rate_limit: 100"), "listeners[0].rate_limit: expected a mapping, got 100"),
+    ("rate-limit-key-typo", doc(P + ", ratelimit: {}"), "listeners[0].ratelimit: unknown key (did you mean 'rate_limit'?)"),
+    # amplification
+    (
+        "amplification-zero",
+        doc(P + ", amplification: 0"),
+        "gateway.yaml: listeners[0].amplification: 0 is not a positive number",
+    ),
+    ("amplification-negative", doc(M + ", amplification: -2"), "listeners[0].amplification: -2 is not a positive"),
+    (
+        "amplification-off-string",
+        doc(P + ", amplification: off"),
+        "listeners[0].amplification: expected a number, got false",
+    ),
+    ("amplification-string", doc(P + ", amplification: 10x"), "listeners[0].amplification: expected a number, got '10x'"),
+    # rcvbuf and sndbuf
+    ("rcvbuf-zero", doc(P + ", rcvbuf: 0"), "gateway.yaml: listeners[0].rcvbuf: 0 is outside 1-1073741824"),
+    ("rcvbuf-too-big", doc(M + ", rcvbuf: 2147483648"), "listeners[0].rcvbuf: 2147483648 is outside 1-1073741824"),
+    ("rcvbuf-with-unit", doc(P + ", rcvbuf: 4M"), "listeners[0].rcvbuf: expected an integer, got '4M'"),
+    ("sndbuf-negative", doc(C + ", sndbuf: -1"), "gateway.yaml: listeners[0].sndbuf: -1 is outside 1-1073741824"),
+    ("sndbuf-float", doc(P + ", sndbuf: 65536.5"), "listeners[0].sndbuf: expected an integer, got 65536.5"),
+    ("rcvbuf-typo", doc(P + ", recvbuf: 1"), "listeners[0].recvbuf: unknown key (did you mean 'rcvbuf'?)"),
+    # metrics
+    (
+        "metrics-port-too-big",
+        doc(P, top=APP + "metrics: {port: 70000}\n"),
+        "gateway.yaml: metrics.port: 70000 is outside 0-65535",
+    ),
+    ("metrics-bind-name", doc(P, top=APP + "metrics: {bind: lo}\n"), "metrics.bind: 'lo' is not a valid IP address"),
+    (
+        "metrics-bind-not-here",
+        doc(P, top=APP + "metrics: {bind: 203.0.113.9}\n"),
+        "gateway.yaml: metrics.bind: 203.0.113.9 is not an address of this host",
+    ),
+    ("metrics-typo", doc(P, top=APP + "metrics: {prot: 9100}\n"), "metrics.prot: unknown key (did you mean 'port'?)"),
+    ("metrics-number", doc(P, top=APP + "metrics: 9100\n"), "gateway.yaml: metrics: expected a mapping, got 9100"),
+    ("metric-top-typo", doc(P, top=APP + "metric: {}\n"), "gateway.yaml: metric: unknown key (did you mean 'metrics'?)"),
 ]
 
 
@@ -504,6 +615,7 @@ def test_problem_lines(load, text, expected):
 
 VALID = [
     ("minimal", doc(P)),
+    ("loopback-127-0-0-2", doc(P.replace("127.0.0.1", "127.0.0.2"))),
     ("both-reuse-port", doc(P + ", reuse_port: true", P.replace("echo", "two") + ", reuse_port: true")),
     ("port-zero-twice", doc(P.replace("9999", "0"), P.replace("echo", "two").replace("9999", "0"))),
     (
@@ -544,6 +656,21 @@ VALID = [
         doc(M + ", interfaces: , sources: ", top="application:\nchannel_layer: {backend: cfglayer.AnyLayer}\n"),
     ),
     ("commented-var", "# port: ${UDPGW_TEST_UNSET}\n" + doc(P)),
+    (
+        "traffic-keys-on-every-kind",
+        doc(
+            P + ", allow: [192.0.2.0/24, '2001:db8::/32', 198.51.100.7], deny: [192.0.2.66], "
+            "rate_limit: {rate: 0.5, burst: 1}, amplification: 2.5, rcvbuf: 1, sndbuf: 1073741824",
+            C + ", deny: ['::/0'], amplification: null, rate_limit: {rate: 100, burst: 200}",
+            M + ", allow: ['fe80::/10', 0.0.0.0/0], rcvbuf: 65536, sndbuf: 65536, amplification: ~",
+        ),
+    ),
+    ("null-traffic-keys", doc(P + ", allow: , deny: , rate_limit: , rcvbuf: , sndbuf: ")),
+    ("metrics-defaults", doc(P, top=APP + "metrics: {}\n")),
+    ("metrics-null", doc(P, top=APP + "metrics:\n")),
+    ("metrics-ipv6-ephemeral", doc(P, top=APP + "metrics: {bind: '::1', port: 0}\n")),
+    ("metrics-wildcard-same-port-as-udp", doc(P, top=APP + "metrics: {bind: 0.0.0.0, port: 9999}\n")),
+    ("max-sources-one", doc(P, top=APP + "limits: {max_sources: 1}\n")),
 ]
 
 
@@ -583,7 +710,7 @@ def test_full_config_values(load):
         "name: mc, type: multicast, port: 5353, groups: ['FF02::FB', 224.0.0.251], sources: ['2001:DB8::9'], "
         "interfaces: [test0, '192.0.2.2'], ttl: 4, loopback: false, send_channel: mc.out",
         top=APP + "limits: {reply_ttl: 30, max_reply_channels: 7, max_concurrency: 8, max_layer_sends: 9, "
-        "interface_poll: 1.5}\n",
+        "interface_poll: 1.5, app_timeout: 2}\n",
     )
     config, problems = load(text)
     assert problems == []
@@ -595,9 +722,80 @@ def test_full_config_values(load):
     assert multicast.interfaces == ("test0", "192.0.2.2")
     assert (multicast.ttl, multicast.loopback, multicast.bind) == (4, False, ())
     assert config.limits == Limits(
-        reply_ttl=30.0, max_reply_channels=7, max_concurrency=8, max_layer_sends=9, interface_poll=1.5
+        reply_ttl=30.0, max_reply_channels=7, max_concurrency=8, max_layer_sends=9, interface_poll=1.5,
+        app_timeout=2.0,
     )
-    assert isinstance(config.limits.reply_ttl, float)
+    assert isinstance(config.limits.reply_ttl, float) and isinstance(config.limits.app_timeout, float)
+
+
+@pytest.mark.parametrize("text, expected", [("", 60.0), ("limits: {app_timeout: null}\n", None),
+                                             ("limits: {app_timeout: ~}\n", None), ("limits: {}\n", 60.0),
+                                             ("limits: {app_timeout: 0.5}\n", 0.5)])
+def test_app_timeout_default_and_null(load, text, expected):
+    """limits.app_timeout defaults to 60 seconds; an explicit null means calls are never timed out."""
+    config, problems = load(doc(P, top=APP + text))
+    assert problems == [] and config.limits.app_timeout == expected
+
+
+def test_traffic_keys_default(load):
+    """Without the keys: no filters, no rate limit, amplification 10, a 4 MiB rcvbuf, the system's sndbuf,
+    100,000 sources and no metrics endpoint."""
+    config, problems = load(doc(P, M))
+    assert problems == []
+    for listener in config.listeners:
+        assert (listener.allow, listener.deny, listener.rate_limit) == ((), (), None)
+        assert (listener.amplification, listener.rcvbuf, listener.sndbuf) == (10.0, 4194304, None)
+    assert config.limits.max_sources == 100000
+    assert config.metrics is None
+
+
+def test_traffic_key_values(load):
+    """allow/deny become networks (a bare address a /32 or /128), numbers land in their fields as floats or ints."""
+    text = doc(
+        P + ", allow: [192.0.2.0/24, '2001:DB8::/32', 198.51.100.7, '2001:db8::7'], deny: [192.0.2.66], "
+        "rate_limit: {rate: 100, burst: 200}, amplification: 3, rcvbuf: 8388608, sndbuf: 262144",
+        top=APP + "limits: {max_sources: 50}\n",
+    )
+    config, problems = load(text)
+    assert problems == []
+    listener = config.listeners[0]
+    assert listener.allow == tuple(ipaddress.ip_network(text) for text in (
+        "192.0.2.0/24", "2001:db8::/32", "198.51.100.7/32", "2001:db8::7/128"))
+    assert listener.deny == (ipaddress.ip_network("192.0.2.66/32"),)
+    assert ipaddress.ip_address("192.0.2.9") in listener.allow[0]
+    assert listener.rate_limit == RateLimit(rate=100.0, burst=200)
+    assert isinstance(listener.rate_limit.rate, float) and isinstance(listener.amplification, float)
+    assert (listener.amplification, listener.rcvbuf, listener.sndbuf) == (3.0, 8388608, 262144)
+    assert config.limits.max_sources == 50
+
+
+@pytest.mark.parametrize("value", ["null", "~"])
+def test_amplification_null_turns_the_cap_off(load, value):
+    """amplification: null means no cap at all, not the default of 10."""
+    config, problems = load(doc(P + f", amplification: {value}"))
+    assert problems == [] and config.listeners[0].amplification is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("metrics: {}\n", Metrics(bind="127.0.0.1", port=9100)),
+    ("metrics: {port: 9200}\n", Metrics(bind="127.0.0.1", port=9200)),
+    ("metrics: {bind: '::1', port: 0}\n", Metrics(bind="::1", port=0)),
+    ("metrics: {bind: '::'}\n", Metrics(bind="::", port=9100)),
+    ("metrics: {bind: 'fe80::2'}\n", Metrics(bind="fe80::2%test0", port=9100)),
+    ("metrics:\n", None),
+])
+def test_metrics_values(load, text, expected):
+    """metrics takes bind 127.0.0.1 and port 9100 by default; a link-local bind gets its scope; null is none."""
+    config, problems = load(doc(P, top=APP + text))
+    assert problems == [] and config.metrics == expected
+
+
+def test_metrics_bind_without_host_checks(load):
+    """Without host checks (a worker), metrics.bind need not be an address of this host, but must be one."""
+    config, problems = load(doc(P, top=APP + "metrics: {bind: 203.0.113.9}\n"), host_checks=False)
+    assert problems == [] and config.metrics == Metrics(bind="203.0.113.9")
+    _, problems = load(doc(P, top=APP + "metrics: {bind: nowhere}\n"), host_checks=False)
+    assert lines(problems) == ["gateway.yaml: metrics.bind: 'nowhere' is not a valid IP address"]
 
 
 def test_bind_interface_expands_to_its_addresses(load):
@@ -724,6 +922,67 @@ def test_imports_off_skips_imports(load):
     assert config.application == "nosuch_app_mod:application"
 
 
+HOSTILE = [
+    ("nul-byte", doc(P.replace("echo", "e\0")), "gateway.yaml:3:13: character U+0000 is not allowed in YAML"),
+    ("escape-char", doc(P) + "\x1b[31m\n", "gateway.yaml:4:1: character U+001B is not allowed in YAML"),
+    ("c1-control", APP + "x: \x85\x86\n", "gateway.yaml:2:5: character U+0086 is not allowed in YAML"),
+    ("deep-flow", "listeners: " + "[" * 600 + "]" * 600 + "\n", "gateway.yaml:1:75: nested deeper than 64 levels"),
+    ("deep-block", "".join("  " * i + "a:\n" for i in range(100)), "gateway.yaml:64:127: nested deeper than 64 levels"),
+    ("list-key", APP + "? [1, 2]\n: 3\n", "gateway.yaml:2:3: found unhashable key"),
+    ("dict-key", doc("? {a: 1} : 2"), "gateway.yaml:3:8: found unhashable key"),
+    ("int-key", doc(P + ", 7: 2"), "gateway.yaml: listeners[0].7: unknown key"),
+    ("control-in-key", APP + '"a\\nb\\0": 1\n' + doc(P, top=""), r"gateway.yaml: a\nb\x00: unknown key"),
+    ("control-in-value", doc(P.replace("echo", '"e\\0"')), "listeners[0].name: contains the control character U+0000"),
+    ("cyclic-alias", APP + "listeners: &a [*a]\n", "gateway.yaml: listeners[0]: expected a mapping, got a list"),
+    ("merge-cycle", APP + "x: &a {<<: *a}\n" + doc(P, top=""), "gateway.yaml: x: unknown key"),
+    ("list-as-type", doc("name: e, type: [plain], port: 0"), "listeners[0].type: expected a string, got a list"),
+    ("decimal-past-4300-digits", doc(P.replace("9999", "9" * 5000)), "gateway.yaml:3:54: not a valid int: Exceeds"),
+    ("hex-20000-bits", doc(P.replace("9999", "0x" + "f" * 5000)), "listeners[0].port: a 20000-bit number is outside"),
+    ("sexagesimal", doc(P.replace("9999", ":".join(["59"] * 3000))), "listeners[0].port: a 17721-bit number is outside"),
+    ("float-overflow", APP + "limits: {reply_ttl: 0x" + "f" * 300 + "}\n" + doc(P, top=""),
+     "limits.reply_ttl: a 1200-bit number is not a positive number"),
+    ("inf-port", doc(P.replace("9999", ".inf")), "gateway.yaml: listeners[0].port: expected an integer, got inf"),
+    ("inf-ttl", APP + "limits: {reply_ttl: .inf}\n" + doc(P, top=""), "limits.reply_ttl: inf is not a positive number"),
+    ("nan-poll", APP + "limits: {interface_poll: .nan}\n" + doc(P, top=""),
+     "limits.interface_poll: nan is not a positive number"),
+    ("bad-timestamp", APP + "x: 2001-13-45\n" + doc(P, top=""), "gateway.yaml:2:4: not a valid timestamp: month"),
+    ("python-tag", APP + "x: !!python/object/apply:os.system [ls]\n", "gateway.yaml:2:4: could not determine a constructor"),
+    ("long-value", doc(P.replace("127.0.0.1", "x" * 100000)), "listeners[0].bind: 'xxxx"),
+    ("two-documents", doc(P) + "---\nx: 1\n", "gateway.yaml:4:1: but found another document"),
+]
+
+
+@pytest.mark.parametrize("text, expected", [pytest.param(text, line, id=name) for name, text, line in HOSTILE])
+def test_hostile_files_give_lines_not_exceptions(load, text, expected):
+    """Control bytes, deep nesting and weird but valid YAML are problems with a location, never exceptions."""
+    config, problems = load(text)
+    assert config is None
+    assert any(line.startswith("gateway.yaml") and expected in line for line in lines(problems)), lines(problems)
+    assert all(len(line) < 400 for line in lines(problems)), lines(problems)
+
+
+def test_unexpected_exception_in_a_check_is_one_problem(load, monkeypatch):
+    """A case the checks missed still gives one problem line naming the file, not a traceback."""
+
+    def broken():
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(interfaces, "list_interfaces", broken)
+    config, problems = load(doc(P))
+    assert config is None
+    assert lines(problems) == ["gateway.yaml: cannot check this file (TypeError: unhashable type: 'list')"]
+
+
+def test_file_over_1_mib_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A file over 1 MiB is refused by its size; one that grows past it while read is cut at 1 MiB + 1 byte."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gateway.yaml").write_bytes(b"listeners: []\n" + b"#" * (1024 * 1024))
+    config, problems = load_config("gateway.yaml")
+    assert config is None
+    assert lines(problems) == ["gateway.yaml: cannot read: larger than 1 MiB (1048590 bytes): not a config file"]
+    assert lines(load_config("/dev/zero")[1]) == ["/dev/zero: cannot read: larger than 1 MiB: not a config file"]
+
+
 def test_missing_file(tmp_path, monkeypatch):
     """A missing file is one problem, not an exception."""
     monkeypatch.chdir(tmp_path)
@@ -747,7 +1006,8 @@ def test_no_multicast_interface_of_a_family_is_a_warning(load, host):
 
 def test_igmp_sysctl_warnings(load, monkeypatch):
     """Past Linux's igmp_max_memberships or igmp_max_msf a multicast listener gets a warning naming the sysctl."""
-    monkeypatch.setattr(checker_module, "read_sysctl", {"igmp_max_memberships": 3, "igmp_max_msf": 1}.get)
+    sysctls = {"net.ipv4.igmp_max_memberships": 3, "net.ipv4.igmp_max_msf": 1}
+    monkeypatch.setattr(interfaces, "read_sysctl", sysctls.get)
     groups = "[232.1.1.1, 232.1.1.2, 'ff3e::1']"
     text = doc(M.replace("[224.0.0.251]", groups) + ", interfaces: [test0, v4only0], sources: [192.0.2.7, 192.0.2.8]")
     config, problems = load(text)
@@ -828,3 +1088,67 @@ def test_describe(load):
         "ssdp: multicast 239.255.255.250 on test0 port 1900, channel ssdp.in",
         "shared: plain on 127.0.0.1 port 7000, reuse_port, channel udp.receive",
     ]
+
+
+def test_describe_traffic_keys_and_metrics(load):
+    """describe() adds the filters, limits and buffers that differ from the defaults, and the metrics URL."""
+    text = doc(
+        P + ", allow: [192.0.2.0/24, '2001:db8::/32'], deny: [192.0.2.66], rate_limit: {rate: 0.5, burst: 20}, "
+        "amplification: null, rcvbuf: 65536, sndbuf: 32768",
+        M + ", amplification: 2.5",
+        M.replace("mc", "m10") + ", amplification: 10, rcvbuf: 4194304",
+        top=APP + "metrics: {bind: '::1', port: 9101}\n",
+    )
+    config, problems = load(text)
+    assert problems == []
+    assert describe(config) == [
+        "echo: plain on 127.0.0.1 port 9999, channel udp.receive, allow 192.0.2.0/24 2001:db8::/32, "
+        "deny 192.0.2.66/32, rate_limit 0.5/s burst 20, amplification off, rcvbuf 65536, sndbuf 32768",
+        "mc: multicast 224.0.0.251 on all multicast interfaces port 5353, channel udp.receive, amplification 2.5x",
+        "m10: multicast 224.0.0.251 on all multicast interfaces port 5353, channel udp.receive",
+        "metrics: http://[::1]:9101/metrics",
+    ]
+
+
+def _package_imports():
+    """{module: (modules of gateway.config it imports, every top-level package it imports)}, read from source."""
+    found = {}
+    for source in sorted(Path(gateway.config.__file__).parent.glob("*.py")):
+        names = []
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.append(node.module)
+            elif isinstance(node, ast.Import):
+                names.extend(alias.name for alias in node.names)
+        inside = {name.rpartition(".")[2] for name in names if name.startswith("gateway.config.")}
+        found[source.stem] = (inside, {name.partition(".")[0] for name in names})
+    return found
+
+
+def test_config_package_imports_point_one_way():
+    """The modules of gateway.config import each other without a cycle, and none of them imports Twisted."""
+    graph = _package_imports()
+    assert {"__init__", "model", "schema", "tables", "source", "imports", "checker", "summary"} <= set(graph)
+    assert graph["model"][0] == set() and graph["schema"][0] == set() and graph["source"][0] == set()
+    done, visiting = set(), []
+
+    def visit(name):
+        assert name not in visiting, f"import cycle: {' -> '.join(visiting + [name])}"
+        if name not in done:
+            visiting.append(name)
+            for other in graph[name][0]:
+                visit(other)
+            visiting.pop()
+            done.add(name)
+
+    for name in graph:
+        visit(name)
+    assert not any("twisted" in packages for _, packages in graph.values())
+
+
+@pytest.mark.parametrize("module", sorted(_package_imports()))
+def test_each_config_module_imports_first(module):
+    """Each module of gateway.config imports cleanly as the first thing a fresh interpreter imports."""
+    name = "gateway.config" if module == "__init__" else f"gateway.config.{module}"
+    result = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.consumer import UDPConsumer, handler_name
 from gateway.layers import InMemoryChannelLayer
-from tests.support import aio
+from tests.support import DEADLINE, aio
 
 
 def test_handler_name_follows_channels():
@@ -35,7 +35,7 @@ async def test_reply_goes_to_the_reply_channel():
             await asyncio.Future()
 
         task = asyncio.ensure_future(app({"type": "channel", "channel_layer": layer}, receive, None))
-        channel, message = await asyncio.wait_for(layer.receive_single("udp.send.x!"), 2)
+        channel, message = await asyncio.wait_for(layer.receive_single("udp.send.x!"), DEADLINE)
         task.cancel()
         expected = {"type": "udp.send", "data": b"hi", **({"multicast": True} if mc else {})}
         assert (channel, message) == ("udp.send.x!t", expected)
@@ -70,6 +70,6 @@ async def test_lifespan_runs_startup_and_shutdown():
     async def send(message):
         sent.append(message["type"])
 
-    await asyncio.wait_for(Hooks.as_asgi()({"type": "lifespan"}, events.get, send), 2)
+    await asyncio.wait_for(Hooks.as_asgi()({"type": "lifespan"}, events.get, send), DEADLINE)
     assert Hooks.calls == ["startup", "shutdown"]
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]

@@ -30,7 +30,7 @@ def test_ssdp_example_found_by_async_upnp_client(pair, run_gateway):
     """async-upnp-client's search finds the SSDP example as root device, uuid and device type,
     and reads its device description from LOCATION."""
     start_ssdp(pair, run_gateway)
-    result = json.loads(pair.python(pair.cl, CLIENTS, "ssdp", pair.cl4, 8, timeout=40))
+    result = json.loads(pair.python(pair.cl, CLIENTS, "ssdp", pair.cl4, 20))
     udn = f"uuid:{SSDP_UUID}"
     found = {r["ST"]: r for r in result["responses"]}
     assert {st: r["USN"] for st, r in found.items()} == {
@@ -46,19 +46,27 @@ def test_ssdp_unicast_search_and_unknown_target(pair, run_gateway):
     """A unicast M-SEARCH for upnp:rootdevice gets one HTTP 200 answer; a search for another type none."""
     start_ssdp(pair, run_gateway)
     search = "M-SEARCH * HTTP/1.1\r\nHOST: {host}:1900\r\nMAN: \"ssdp:discover\"\r\nST: {st}\r\n\r\n"
-    ask = ("--to", pair.gw4, 1900, "--count", 2, "--timeout", 1)
-    replies = pair.client(*ask, "--data", search.format(host=pair.gw4, st="upnp:rootdevice"))["replies"]
+    # A second search, for the device's uuid, answered after the first: what came before its answer is all.
+    marker = ("--marker", pair.gw4, 1900, search.format(host=pair.gw4, st=f"uuid:{SSDP_UUID}"), f"ST: uuid:{SSDP_UUID}")
+    ask = ("--to", pair.gw4, 1900, "--timeout", 30, *marker)
+    result = pair.client(*ask, "--data", search.format(host=pair.gw4, st="upnp:rootdevice"))
+    replies = result["replies"]
+    assert result["marker"], "the marker search was not answered"
     assert len(replies) == 1 and replies[0]["data"].startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nST: upnp:rootdevice\r\n" in replies[0]["data"]
-    other = search.format(host="239.255.255.250", st="urn:schemas-upnp-org:device:Printer:1") + "MX: 1\r\n"
-    assert pair.client("--to", "239.255.255.250", 1900, "--ifname", pair.cl_if, "--count", 1, "--timeout", 2,
-                       "--data", other)["replies"] == []
+    # Without MX (the random delay of a multicast search's answer) a marker search can follow in order.
+    other = search.format(host="239.255.255.250", st="urn:schemas-upnp-org:device:Printer:1")
+    marker = ("--marker", "239.255.255.250", 1900, search.format(host="239.255.255.250", st=f"uuid:{SSDP_UUID}"),
+              f"ST: uuid:{SSDP_UUID}")
+    result = pair.client("--to", "239.255.255.250", 1900, "--ifname", pair.cl_if, "--timeout", 30, *marker,
+                         "--data", other)
+    assert result["marker"] and result["replies"] == []
 
 
 def test_ssdp_alive_at_start_and_byebye_at_stop(pair, run_gateway):
     """The SSDP example multicasts three NOTIFY ssdp:alive at start and three ssdp:byebye at SIGTERM, TTL 2."""
     watcher = pair.listen("--port", 1900, "--join", "239.255.255.250", "--ifname", pair.cl_if,
-                          "--count", 6, "--timeout", 20)
+                          "--count", 6, "--timeout", 30)
     gateway = start_ssdp(pair, run_gateway)
     assert gateway.stop() == 0
     notices = watcher.result()["replies"]
@@ -76,7 +84,7 @@ def test_zeroconf_browses_and_resolves_mdns_example(pair, run_gateway, family):
     addresses on that link and the configured port and TXT."""
     start_mdns(run_gateway)
     interface = pair.cl4 if family == 4 else pair.ifindex(pair.cl, pair.cl_if)
-    result = json.loads(pair.python(pair.cl, CLIENTS, "mdns", interface, SERVICE, 8, timeout=40))
+    result = json.loads(pair.python(pair.cl, CLIENTS, "mdns", interface, SERVICE, 20))
     assert result["names"][0] == f"Gateway.{SERVICE}"
     resolved = result["resolved"]
     assert (resolved["server"], resolved["port"]) == ("gateway.local.", 8123)

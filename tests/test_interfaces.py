@@ -7,6 +7,7 @@ import pytest
 
 from gateway import interfaces
 from gateway.interfaces import Interface, default_multicast_interfaces, find_interface, list_interfaces
+from tests.support import skip_or_fail
 
 
 def make(name, index, ipv4=(), ipv6=(), *, up=True, multicast=True, loopback=False):
@@ -50,7 +51,7 @@ def test_ipv6_addresses_have_no_scope():
 def test_find_loopback(spec):
     """The loopback interface is found by name, by 127.0.0.1 and by ::1."""
     if spec == "::1" and not lo_has_ipv6():
-        pytest.skip("lo has no ::1 here (IPv6 disabled)")
+        skip_or_fail("lo has no ::1 here (IPv6 disabled)")
     assert find_interface(spec).name == "lo"
 
 
@@ -165,5 +166,33 @@ def test_read_flags_of_loopback():
     """The real loopback's sysfs flags say up and loopback."""
     flags = interfaces._read_flags("lo")
     if flags is None:
-        pytest.skip("no /sys/class/net here")
+        skip_or_fail("no /sys/class/net here")
     assert flags & interfaces.IFF_UP and flags & interfaces.IFF_LOOPBACK
+
+
+@pytest.mark.parametrize("spec, name", [("127.0.0.2", "lo"), ("127.255.255.254", "lo"), ("128.0.0.1", None),
+                                        ("::2", None), ("127.0.0.2%eth0", None)])
+def test_any_of_127_0_0_0_8_belongs_to_loopback_on_linux(spec, name, monkeypatch):
+    """On Linux every address of 127.0.0.0/8 is local (lo's 127.0.0.1/8 route), so lo owns them all."""
+    monkeypatch.setattr(interfaces, "LINUX", True)
+    found = find_interface(spec, FAKE)
+    assert (found.name if found else None) == name
+    monkeypatch.setattr(interfaces, "LINUX", False)
+    assert find_interface("127.0.0.2", FAKE) is None
+
+
+def test_real_host_127_0_0_2_is_loopback():
+    """On this (Linux) host 127.0.0.2 is found on the loopback interface."""
+    if not interfaces.LINUX:
+        pytest.skip("only Linux answers on all of 127.0.0.0/8")
+    assert find_interface("127.0.0.2").loopback
+
+
+@pytest.mark.skipif(not interfaces.LINUX, reason="/proc/sys is Linux's")
+def test_read_sysctl_reads_proc_sys():
+    """read_sysctl reads a net sysctl as /proc/sys shows it, and gives None for unknown or non-net names."""
+    with open("/proc/sys/net/core/rmem_max") as file:
+        assert interfaces.read_sysctl("net.core.rmem_max") == int(file.read())
+    assert interfaces.read_sysctl("net.ipv4.no_such_sysctl") is None
+    assert interfaces.read_sysctl("kernel.pid_max") is None
+    assert interfaces.read_sysctl("net.ipv4/../../kernel.pid_max") is None

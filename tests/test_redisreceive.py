@@ -4,7 +4,7 @@ import asyncio
 
 from gateway import redislayer
 from gateway.layers import BoundedLayer, InMemoryChannelLayer, make_layer
-from tests.support import aio
+from tests.support import DEADLINE, aio, eventually
 
 
 @aio
@@ -40,15 +40,15 @@ async def test_two_receivers_share_a_channel_without_duplicates(redis_server):
         consumers = [asyncio.ensure_future(consume(layer)) for layer in (first, second)]
         bounded = BoundedLayer(sender, 50)  # as the gateway sends: 50 at once
         await asyncio.gather(*(bounded.send("udp.receive", {"type": "udp.receive", "n": n}) for n in range(300)))
-        for _ in range(200):
-            if len(got) >= 300:
-                break
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)
+        await eventually(lambda: set(got) >= set(range(300)), what="all 300 messages")
+        # Two markers, sent last: a second copy of an earlier message would be popped before them.
+        for n in (300, 301):
+            await sender.send("udp.receive", {"type": "udp.receive", "n": n})
+        await eventually(lambda: {300, 301} <= set(got), what="both markers")
         for task in consumers:
             task.cancel()
         await asyncio.gather(*consumers, return_exceptions=True)
-        assert sorted(got) == list(range(300))
+        assert sorted(got) == list(range(302))
     finally:
         for layer in (sender, first, second):
             await layer.close_pools()
@@ -61,11 +61,11 @@ async def test_process_specific_names_and_timeouts(redis_server):
     try:
         name = await layer.new_channel("udp.send")
         await layer.send(name, {"type": "udp.send", "data": b"x"})
-        message = await asyncio.wait_for(redislayer.receiver(layer)(name), 5)
+        message = await asyncio.wait_for(redislayer.receiver(layer)(name), DEADLINE)
         assert message == {"type": "udp.send", "data": b"x"}
         await layer.send(name, {"type": "udp.send", "data": b"y"})
         prefix = name.split("!")[0] + "!"
-        received = await asyncio.wait_for(redislayer.prefix_receiver(layer)(prefix), 5)
+        received = await asyncio.wait_for(redislayer.prefix_receiver(layer)(prefix), DEADLINE)
         assert received == (name, {"type": "udp.send", "data": b"y"})
         assert await redislayer.prefix_receiver(layer)(prefix, timeout=0.05) is None
         assert await redislayer.receiver(layer)("udp.receive", timeout=0.05) is None

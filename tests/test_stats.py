@@ -3,7 +3,9 @@
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, Logger, formatEvent
 
-from gateway.stats import CounterReporter, Counters, QuietLog, summary_line
+from gateway.stats import (
+    LISTENER_COUNTERS, PROCESS_COUNTERS, WORKER_COUNTERS, CounterReporter, Counters, Histogram, QuietLog, summary_line,
+)
 
 
 def capture():
@@ -187,3 +189,46 @@ def test_quiet_failure_logs_traceback_once_per_interval():
     assert len(events) == 2
     assert events[0]["log_failure"] is failure
     assert "1 more suppressed" in formatEvent(events[1])
+
+
+def test_counters_per_listener_and_total():
+    """incr with a listener counts the event for that listener and in the process total."""
+    counters = Counters()
+    counters.incr("received", listener="echo")
+    counters.incr("received", 2, listener="ssdp")
+    counters.incr("received")
+    assert (counters.get("received"), counters.get("received", "echo"), counters.get("received", "ssdp")) == (4, 1, 2)
+    assert counters.get("received", "nobody") == 0
+    assert counters.snapshot() == {"received": 4}
+    assert summary_line(counters) == "counters: received=4"
+
+
+def test_histogram_buckets_are_upper_bounds():
+    """An observation lands in the first bucket whose bound it does not exceed; +Inf takes the rest."""
+    histogram = Histogram((0.1, 1))
+    for value in (0.05, 0.1, 0.5, 1, 7):
+        histogram.observe(value)
+    assert histogram.cumulative() == [(0.1, 2), (1, 4), (float("inf"), 5)]
+    assert histogram.count == 5 and histogram.sum == 8.65
+
+
+def test_counter_tables_do_not_overlap():
+    """A counter is either per listener or per process, and the worker's are the process's."""
+    assert not set(LISTENER_COUNTERS) & set(PROCESS_COUNTERS)
+    assert set(WORKER_COUNTERS) <= set(PROCESS_COUNTERS)
+
+
+def test_every_counter_the_code_moves_is_in_the_tables():
+    """Each counter name incremented anywhere in gateway/ and listeners/ is exported (a fixed table entry)."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    source = "\n".join(p.read_text() for d in ("gateway", "listeners") for p in (root / d).rglob("*.py"))
+    names = set(re.findall(r'\.incr\(\s*"([a-z_]+)"', source))
+    reasons = re.findall(r'(?:BadReply|BadRoute|_drop|drop\(self\.counters, self\.quiet,)\(?\s*"([a-z_]+)"', source)
+    for pair in re.findall(r'reason = "([a-z_]+)" if .* else "([a-z_]+)"', source):
+        reasons += pair
+    names |= {f"dropped_{reason}" for reason in reasons}
+    assert len(names) >= 15, names
+    assert names <= set(LISTENER_COUNTERS) | set(PROCESS_COUNTERS)

@@ -1,4 +1,4 @@
-"""Helpers of config.py: Key tables and their walker, and the value checks."""
+"""Key: one key of a table; Walker: checks data against tables, collecting problems; the value checks."""
 
 import difflib
 import ipaddress
@@ -22,7 +22,8 @@ TYPE_NAMES = {
 class Key:
     """One key of a table: its type, whether required, its default and a check (value -> message or None).
 
-    `item` validates each element of a list; `table` the keys of a nested mapping.
+    `item` validates each element of a list; `table` the keys of a nested mapping. With `nullable`, an
+    explicit null is a value of its own (None, "no limit"), not "use the default".
     """
 
     type: type
@@ -31,14 +32,20 @@ class Key:
     check: Callable[[Any], "str | None"] | None = None
     item: "Key | None" = None
     table: Mapping[str, "Key"] | None = None
+    nullable: bool = False
 
 
 def render(path):
     """("listeners", 2, "groups", 0) -> "listeners[2].groups[0]"."""
     text = ""
     for part in path:
+        if isinstance(part, str) and (len(part) > 60 or _CONTROL.search(part)):  # a hostile key, shown escaped
+            part = part[:60].encode("unicode_escape").decode("ascii") + ("..." if len(part) > 60 else "")
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+MAX_MESSAGE = 300  # characters of one problem's message
 
 
 class Walker:
@@ -48,6 +55,8 @@ class Walker:
         self.problems = []
 
     def add(self, path, message, *, warning=False):
+        if len(message) > MAX_MESSAGE:  # a value quoted in full could be a megabyte long
+            message = message[: MAX_MESSAGE - 3] + "..."
         self.problems.append((render(path), message, warning))
 
     def table(self, table, data, path=(), *, foreign=None):
@@ -63,7 +72,9 @@ class Walker:
         values = {}
         for key, spec in table.items():
             present = key in data and (data[key] is not None or spec.required)
-            if present:
+            if key in data and data[key] is None and spec.nullable:
+                values[key] = None
+            elif present:
                 ok, value = self.value(spec, data[key], (*path, key))
                 if ok:
                     values[key] = value
@@ -89,10 +100,13 @@ class Walker:
         return len(self.problems) == before, value
 
     def _type_ok(self, want, value, path):
-        if is_type(want, value):
-            return True
-        self.add(path, f"expected {TYPE_NAMES[want]}, got {show(value)}")
-        return False
+        if not is_type(want, value):
+            self.add(path, f"expected {TYPE_NAMES[want]}, got {show(value)}")
+            return False
+        if want is str and _CONTROL.search(value):
+            self.add(path, f"contains the control character U+{ord(_CONTROL.search(value)[0]):04X}")
+            return False
+        return True
 
     def _unknown(self, key, table, path, foreign):
         if key in foreign:
@@ -101,6 +115,9 @@ class Walker:
         close = difflib.get_close_matches(str(key), list(table), n=1)
         hint = f"did you mean '{close[0]}'?" if close else "expected one of: " + ", ".join(table)
         self.add((*path, str(key)), f"unknown key ({hint})")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # quoted "\0" or "\t" escapes get past the YAML reader
 
 
 def is_type(want, value):
@@ -119,25 +136,36 @@ def show(value):
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        return str(value)
+        return number(value)
     if isinstance(value, str):
         return repr(value)
     return {list: "a list", dict: "a mapping"}.get(type(value), f"a {type(value).__name__}")
 
 
+def number(value):
+    """A number for a message; YAML hex or 1:2:3 ints can have more digits than str() will write."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit number"
+    return str(value)
+
+
 def in_range(low, high):
     """Check: low <= value <= high."""
-    return lambda value: None if low <= value <= high else f"{value} is outside {low}-{high}"
+    return lambda value: None if low <= value <= high else f"{number(value)} is outside {low}-{high}"
 
 
 def at_least(low):
     """Check: value >= low."""
-    return lambda value: None if value >= low else f"{value} is less than {low}"
+    return lambda value: None if value >= low else f"{number(value)} is less than {low}"
 
 
 def positive(value):
-    """Check: a finite number above zero."""
-    return None if 0 < value < float("inf") else f"{value} is not a positive number"
+    """Check: a finite number above zero (that a float can hold)."""
+    try:
+        ok = 0 < float(value) < float("inf")
+    except OverflowError:
+        ok = False
+    return None if ok else f"{number(value)} is not a positive number"
 
 
 def non_empty(value):
@@ -161,6 +189,26 @@ def ip(text):
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+def ip_network(text):
+    """An IPv4Network or IPv6Network (host bits cleared; a bare address is a /32 or /128), or None."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def network(value):
+    """Check: a network in CIDR notation or a bare address, without host bits set."""
+    found = ip_network(value)
+    if found is None:
+        return f"{value!r} is not an IP address or network (like 192.0.2.0/24 or 2001:db8::/32)"
+    try:
+        ipaddress.ip_network(value)
+    except ValueError:
+        return f"{value} has host bits set; did you mean {found}?"
+    return None
 
 
 def looks_like_address(text):
@@ -230,7 +278,7 @@ def import_format(value):
 def string_keys(value):
     """Check: a mapping usable as keyword arguments."""
     bad = [key for key in value if not isinstance(key, str)]
-    return f"keys must be strings, not {bad[0]!r}" if bad else None
+    return f"keys must be strings, not {show(bad[0])}" if bad else None
 
 
 def scoped(address, name):

@@ -1,15 +1,29 @@
 """One config load: read the file, walk the key tables, run host, cross-field and import checks, build."""
 
 import os
+import socket
 
 from gateway import interfaces as ifaces
-from gateway._imports import MEMORY, application_problems, backend_problems, put_first_on_path, read_sysctl
-from gateway._schema import Walker, clash, ip, scoped
-from gateway._source import load_yaml, substitute_env
-from gateway.config import (
-    _FAMILIES, LIMITS, TOP, GatewayConfig, LayerConfig, Limits, ListenerConfig, Problem, Remote, _listener_table,
-    errors,
+from gateway.config.imports import application_problems, backend_problems, put_first_on_path
+from gateway.config.model import (
+    MEMORY, GatewayConfig, LayerConfig, Limits, ListenerConfig, Metrics, Problem, RateLimit, Remote, errors,
 )
+from gateway.config.schema import Walker, clash, ip, ip_network, scoped
+from gateway.config.source import Unreadable, load_yaml, read_text, substitute_env
+from gateway.config.tables import LIMITS, RATE_LIMIT, TABLES, TOP, as_floats, listener_table
+
+_FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def load_config(path, *, host_checks=True, imports=True):
+    """(GatewayConfig or None, problems): None when any problem is not a warning. Never raises for user errors.
+
+    host_checks: interfaces and addresses must exist here; imports: import application and backend.
+    """
+    try:
+        return Checker(path, host_checks=host_checks, imports=imports).run()
+    except Exception as exc:  # a case the checks missed still gets one line, not a traceback
+        return None, [Problem(path, "", f"cannot check this file ({type(exc).__name__}: {str(exc)[:200]})")]
 
 
 class Checker:
@@ -45,12 +59,11 @@ class Checker:
     def _read(self):
         """The parsed YAML ({} for an empty file), or None after file-level problems."""
         try:
-            with open(self.path, encoding="utf-8") as file:
-                text = file.read()
+            text = read_text(self.path)
         except OSError as exc:
             return self._file_problem("", f"cannot read: {exc.strerror or exc}")
-        except UnicodeDecodeError as exc:
-            return self._file_problem("", f"cannot read: not UTF-8 ({exc.reason} at byte {exc.start})")
+        except Unreadable as exc:
+            return self._file_problem("", f"cannot read: {exc}")
         text, unset = substitute_env(text, os.environ)
         for line, message in unset:
             self._file_problem(f":{line}", message)
@@ -71,6 +84,8 @@ class Checker:
         self._duplicate_names()
         self._duplicate_binds()
         self._send_channels()
+        if self.top.get("metrics") and "bind" in self.top["metrics"]:
+            self._metrics_bind(self.top["metrics"])
         layer = self.top.get("channel_layer")
         if layer is not None and layer.get("backend", MEMORY) == MEMORY and data.get("application") is None:
             self.add(("application",), "required with the memory backend: nobody else could answer")
@@ -79,7 +94,7 @@ class Checker:
 
     def _listener(self, index, raw):
         path = ("listeners", index)
-        table, foreign = _listener_table(raw)
+        table, foreign = listener_table(raw)
         values = self.walker.table(table, raw, path, foreign=foreign)
         kind = values.get("type")
         if kind in ("plain", "connected") and "bind" in values:
@@ -88,6 +103,9 @@ class Checker:
             self._remote_family(values, path)
         if kind == "multicast":
             self._multicast(values, path)
+        for key in ("allow", "deny"):
+            if key in values:
+                values[key] = tuple(ip_network(text) for text in values[key])
         return values
 
     # plain and connected: bind, remote
@@ -112,6 +130,11 @@ class Checker:
         if address.version == 6 and address.is_link_local and not address.scope_id:
             address = ip(f"{address}%{interface.name}")  # a link-local bind needs its scope
         return (str(address),)
+
+    def _metrics_bind(self, metrics):
+        bind = self._bind_address(metrics.pop("bind"), ("metrics", "bind"))
+        if bind is not None:
+            metrics["bind"] = bind[0]
 
     def _bind_interface(self, name, where):
         if not self.host_checks:
@@ -180,7 +203,7 @@ class Checker:
             ("igmp_max_memberships", len(groups) * interface_count, "groups", memberships),
             ("igmp_max_msf", len(sources), "sources", f"{len(sources)} IPv4 sources"),
         ):
-            limit = read_sysctl(name)
+            limit = ifaces.read_sysctl(f"net.ipv4.{name}")
             if limit is not None and count > limit:
                 raise_it = f"raise it: sysctl -w net.ipv4.{name}={count} (and in /etc/sysctl.d/ to keep it)"
                 self.add((*path, key), f"{what} exceed net.ipv4.{name} = {limit}; {raise_it}", warning=True)
@@ -236,7 +259,7 @@ class Checker:
 
     def _build(self):
         layer = self.top["channel_layer"]
-        limits = {key: float(v) if LIMITS[key].type is float else v for key, v in self.top["limits"].items()}
+        metrics = self.top.get("metrics")
         path = os.path.abspath(self.path)
         return GatewayConfig(
             path=path,
@@ -244,13 +267,16 @@ class Checker:
             channel_layer=LayerConfig(layer.get("backend", MEMORY), dict(layer.get("config", {}))),
             application=self.top.get("application"),
             listeners=tuple(_listener_config(values) for values in self.listeners),
-            limits=Limits(**limits),
+            limits=Limits(**as_floats(LIMITS, self.top["limits"])),
+            metrics=None if metrics is None else Metrics(**metrics),
         )
 
 
 def _listener_config(values):
     """The frozen listener from its checked values."""
-    fields = {key: value for key, value in values.items() if value is not None}
-    if "remote" in fields:
+    fields = as_floats(TABLES[values["type"]], values)
+    if fields.get("remote") is not None:
         fields["remote"] = Remote(**fields["remote"])
+    if fields.get("rate_limit") is not None:
+        fields["rate_limit"] = RateLimit(**as_floats(RATE_LIMIT, fields["rate_limit"]))
     return ListenerConfig(**fields)

@@ -1,10 +1,12 @@
-"""Config checks that import or read the host: application, backend and its config keys, sysctls."""
+"""Config checks that import: the application, the backend and its config keys."""
 
 import difflib
 import inspect
 import sys
 
 from gateway import importing
+from gateway.config.model import MEMORY
+
 
 def _redis_missing(backend, exc):
     """channels_redis itself, or a package it needs, is not installed."""
@@ -26,20 +28,6 @@ def _parameters(layer_class):
     return [p.name for p in named], [p.name for p in named if p.default is p.empty]
 
 
-def read_sysctl(name):
-    """An integer from /proc/sys/net/ipv4/<name> (Linux), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        with open(f"/proc/sys/net/ipv4/{name}") as file:
-            return int(file.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-# Imports of application and backend.
-
-MEMORY = "memory"
 MEMORY_CONFIG_KEYS = ("expiry", "group_expiry", "capacity", "channel_capacity")
 REDIS_HINT = "channels_redis is not installed (pip install 'udpgateway[redis]')"
 
