@@ -67,20 +67,23 @@ class Server:
         stop(self.proc)
 
 
-def start(argv, pattern, cwd, env=None):
-    """Start a server process; a Server once a log line matches `pattern` (port: its group, if any)."""
+def start(argv, pattern, cwd, env=None, ready=None):
+    """Start a server process; a Server once a log line matches `pattern` (port: its group, if any)
+    and, with `ready`, a later line matches that too."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), **(env or {}))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
     CHILDREN.append(proc)
     watchdog = threading.Timer(60, proc.kill)  # a server that never logs its port is killed
     watchdog.start()
-    seen = []
+    seen, port = [], None
     try:
         for line in proc.stdout:
             seen.append(line)
-            match = re.search(pattern, line)
+            match = re.search(pattern, line) if port is None else None
             if match:
-                return Server(proc, int(match.group(1)) if match.re.groups else None)
+                port = int(match.group(1)) if match.re.groups else 0
+            if port is not None and (ready is None or re.search(ready, line)):
+                return Server(proc, port or None)
     finally:
         watchdog.cancel()
     proc.kill()
@@ -92,7 +95,7 @@ def start_gateway(tmp, name, yaml_text, env=None):
     config = Path(tmp) / f"{name}.yaml"
     config.write_text(yaml_text)
     argv = [str(BIN / "twistd"), "-n", f"--pidfile={tmp}/{name}.pid", "udpgateway", "-c", str(config)]
-    return start(argv, LISTENER_LINE, tmp, env)
+    return start(argv, LISTENER_LINE, tmp, env, ready=r"udpgateway ready")
 
 
 def start_raw(tmp):
