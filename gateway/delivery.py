@@ -73,9 +73,7 @@ class Delivery:
             self._drop("queue_full", "the queue of layer sends is full", datagram.listener)
 
     def _message(self, datagram):
-        # Plain tuples only (not the Route namedtuple): the collector stops tracking them.
-        token = self.tokens.token_for((datagram.listener, datagram.client),
-                                      (datagram.listener, datagram.version, tuple(datagram.route)))
+        token = self.tokens.token_for((datagram.listener, datagram.client), stored_route(datagram))
         if self.on_token is not None:
             self.on_token(token)
         return build_receive(
@@ -98,6 +96,19 @@ class Delivery:
 
     def _drop(self, reason, why, listener):
         drop(self.counters, self.quiet, reason, why, listener=listener)
+
+
+def stored_route(datagram):
+    """(listener, IP version, *route fields) as the token table keeps it: one flat tuple of plain values.
+
+    Plain (not the Route namedtuple) so the collector stops tracking it, and
+    without the fields a reply from the routing table's choice leaves at their
+    defaults: 100,000 reply channels hold a few tens of MB, not more.
+    """
+    route = datagram.route
+    if route.source is None and not route.ifindex and route.group is None and not route.arrived_on:
+        return (datagram.listener, datagram.version, route.port, route.address)
+    return (datagram.listener, datagram.version, *route)
 
 
 def drop(counters, quiet, reason, why, *, listener=None):

@@ -130,8 +130,8 @@ class ReplyPump:
         entry = self.tokens.lookup(token) if token else None
         if entry is None:
             raise BadReply("unknown_token", "unknown or expired reply channel")
-        name, version, route = entry
-        route = Route._make(route)  # stored as a plain tuple, which the collector stops tracking
+        name, version = entry[0], entry[1]
+        route = Route(*entry[2:])  # delivery.stored_route: the fields, the trailing defaults left out
         data, multicast = validate_send(message, version=version)
         listener = self.listeners.get(name)
         if listener is None or not listener.running:

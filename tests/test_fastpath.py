@@ -209,7 +209,7 @@ def test_interface_names_are_cached_then_looked_up_again():
 def test_token_entries_leave_the_collectors_view():
     """A token table's entries hold plain values only: after a few collections the GC stops tracking them."""
     table = TokenTable(max_entries=10, ttl=60, clock=Clock())
-    route = ("l", 4, tuple(packets.Route(port=0, address=("127.0.0.1", 5000))))  # as delivery stores it
+    route = ("l", 4, 0, ("127.0.0.1", 5000), "10.0.0.1", 3, None, 3)  # as delivery.stored_route keeps it
     token = table.token_for(("l", ("127.0.0.1", 5000)), route)
     for _ in range(3):  # one level of nested tuples is untracked per collection at worst
         gc.collect()
@@ -230,3 +230,20 @@ def test_gc_watch_counts_full_collections():
     seen = watch.full
     gc.collect()
     assert watch.full == seen and watch._callback not in gc.callbacks
+
+
+def test_stored_route_round_trip():
+    """A route kept in the token table comes back equal, with or without pktinfo fields."""
+    from gateway.delivery import stored_route
+
+    plain = packets.Route(port=1, address=("127.0.0.1", 5000))
+    full = packets.Route(port=0, address=("10.0.0.9", 9), source="10.0.0.2", ifindex=3, group="239.1.1.1",
+                         arrived_on=3)
+    for route in (plain, full):
+        datagram = packets.Datagram(listener="l", data=b"", client=route.address, server=("10.0.0.2", 1),
+                                    interface=None, route=route, version=4)
+        kept = stored_route(datagram)
+        assert type(kept) is tuple and kept[:2] == ("l", 4)
+        assert packets.Route(*kept[2:]) == route
+    assert len(stored_route(packets.Datagram(listener="l", data=b"", client=None, server=None, interface=None,
+                                             route=plain, version=4))) == 4
