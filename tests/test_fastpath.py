@@ -247,3 +247,10 @@ def test_stored_route_round_trip():
         assert packets.Route(*kept[2:]) == route
     assert len(stored_route(packets.Datagram(listener="l", data=b"", client=None, server=None, interface=None,
                                              route=plain, version=4))) == 4
+
+
+def test_token_index_is_tracked_from_birth():
+    """The token table's key index is GC-tracked while empty, so the startup gc.freeze() takes it out of
+    every later collection (a plain empty dict would be tracked only after the freeze)."""
+    table = TokenTable(max_entries=10, ttl=60, clock=Clock())
+    assert gc.is_tracked(table._tokens) and gc.is_tracked(table._entries)
