@@ -93,6 +93,14 @@ class AppRunner:
         self._loop = asyncio.get_event_loop()
         self._loops = [asyncio.ensure_future(self._receive_loop(c)) for c in self.channels]
 
+    def consume(self, channel):
+        """Also receive from `channel` (a reload added a listener with a channel of its own)."""
+        if channel in self.channels:
+            return
+        self.channels.append(channel)
+        if self._loop is not None:  # started: receive it from now on
+            self._loops.append(asyncio.ensure_future(self._receive_loop(channel)))
+
     def stop_receiving(self):
         for loop in self._loops:
             loop.cancel()
