@@ -20,10 +20,11 @@ def message(n, reply_channel="udp.send.test!t"):
 
 
 def make(app, layer=None, *, max_concurrency=10, reserve=False):
+    """A runner; `reserve` is the memory-layer gateway's mode (delivery takes a slot, then calls run())."""
     layer = layer if layer is not None else InMemoryChannelLayer(capacity=1000)
     counters = Counters()
-    runner = AppRunner(app, layer, [CHANNEL], max_concurrency=max_concurrency, counters=counters,
-                       quiet=QuietLog(clock=Clock()), reserve=reserve)
+    runner = AppRunner(app, layer, [CHANNEL], admission=Admission(max_concurrency), counters=counters,
+                       quiet=QuietLog(clock=Clock()), wait_before_receive=not reserve)
     return runner, layer, counters
 
 
@@ -144,17 +145,18 @@ async def test_shared_mode_stops_receiving_at_max_concurrency():
 
 @aio
 async def test_memory_mode_reserves_slots_up_to_max_concurrency():
-    """In memory mode slots are reserved before a send: past max_concurrency reserved or running, none is given."""
+    """In memory mode slots are reserved before a hand-off: past max_concurrency reserved or running, none is given."""
     app = Gate()
     runner, layer, _ = make(app, max_concurrency=2, reserve=True)
     runner.start()
-    assert runner.try_reserve() and runner.try_reserve()
-    assert not runner.try_reserve()
-    await layer.send(CHANNEL, message(0))
+    admission = runner.admission
+    assert admission.try_acquire() and admission.try_acquire()
+    assert not admission.try_acquire()
+    runner.run(CHANNEL, message(0))  # delivery's hand-off, with one of the reserved slots
     await until(lambda: app.started == [b"0"])
-    assert not runner.try_reserve()  # one running, one reserved
-    runner.unreserve()
-    assert runner.try_reserve()
+    assert not admission.try_acquire()  # one running, one reserved
+    admission.release()
+    assert admission.try_acquire()
     app.release.set()
     await until(lambda: runner.active == 0)
     runner.stop_receiving()
