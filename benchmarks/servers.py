@@ -45,7 +45,7 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def counters(self, timeout=5.0):
-        """{name: value} of the gateway's counters and gauges, from the line SIGUSR1 makes it log."""
+        """{name: value} of the gateway's counters and sizes, from the lines SIGUSR1 makes it log."""
         if not self._catches(signal.SIGUSR1):  # an older gateway would die of it
             return {}
         seen = len(self.lines)
@@ -53,8 +53,9 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.lines[seen:]:
-                if "counters:" in line:
-                    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line.split("counters:", 1)[1])}
+                if "received SIGUSR1: sizes:" in line:
+                    found = [l for l in self.lines[seen:] if "received SIGUSR1: " in l]
+                    return {k: int(v) for l in found for k, v in re.findall(r"(\w+)=(\d+)", l.split(": ", 2)[-1])}
             time.sleep(0.05)
         return {}
 

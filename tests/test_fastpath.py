@@ -254,3 +254,15 @@ def test_token_index_is_tracked_from_birth():
     every later collection (a plain empty dict would be tracked only after the freeze)."""
     table = TokenTable(max_entries=10, ttl=60, clock=Clock())
     assert gc.is_tracked(table._tokens) and gc.is_tracked(table._entries)
+
+
+def test_sizes_line_follows_the_counters():
+    """Gauges are logged as their own "sizes:" line, so the counters' line keeps its format; none, no line."""
+    from gateway.stats import sizes_line, summary_line
+
+    counters = Counters()
+    assert sizes_line(counters) is None
+    counters.incr("received")
+    counters.gauges.update(reply_channels=lambda: 5, calls_in_flight=lambda: 0)
+    assert summary_line(counters) == "counters: received=1"
+    assert sizes_line(counters) == "sizes: calls_in_flight=0 reply_channels=5"
