@@ -17,7 +17,9 @@ included) is stopped by PID, even when a start fails.
 
 import argparse
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,14 +28,85 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from echo_bench import (  # noqa: E402
-    BIN, CHILDREN, REPO, _terminated, latency, start, start_redis, stop, stop_children, throughput)
+import servers  # noqa: E402
+from servers import BIN, CHILDREN, REPO, stop, stop_children  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STOCK = "channels_redis.core.RedisChannelLayer"
 OURS = "gateway.layers.batching.BatchingRedisChannelLayer"
 MOONSHOT = 50_000
 GATEWAY_READY = r"listener echo \(plain\) on \S+:(\d+)"
+
+
+def start(argv, pattern, cwd, env=None, ready=None):
+    """Start a child (stopped by PID by stop_children whatever happens); (process, port) once ready."""
+    server = servers.start(argv, pattern, cwd, env, ready)
+    return server.proc, server.port
+
+
+def start_redis(tmp):
+    """A redis-server of our own on 127.0.0.1 and a free port (no persistence)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", tmp]
+    return start(argv, r"Ready to accept connections", tmp)[0], port
+
+
+def latency(port, count, size, budget):
+    """Round-trip times in microseconds, one datagram in flight."""
+    payload = os.urandom(size)
+    times = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1.0)
+        deadline = time.monotonic() + budget
+        for _ in range(count):
+            if time.monotonic() > deadline:
+                break
+            t0 = time.perf_counter()
+            s.sendto(payload, ("127.0.0.1", port))
+            try:
+                s.recvfrom(65535)
+            except socket.timeout:
+                continue
+            times.append((time.perf_counter() - t0) * 1e6)
+    return times
+
+
+def throughput(port, count, size, window, budget):
+    """(answered per second, answered, sent) with up to `window` datagrams in flight."""
+    payload = os.urandom(size)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.setblocking(False)
+        sent = answered = 0
+        t0 = time.perf_counter()
+        deadline = last_progress = time.monotonic()
+        deadline += budget
+        while answered < count and time.monotonic() < deadline:
+            while sent < count and sent - answered < window:
+                try:
+                    s.sendto(payload, ("127.0.0.1", port))
+                except BlockingIOError:
+                    break
+                sent += 1
+            ready, _, _ = select.select([s], [], [], 0.2)
+            while ready:
+                try:
+                    s.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                answered += 1
+                last_progress = time.monotonic()
+            if sent > answered and time.monotonic() - last_progress > 0.5:
+                sent = answered  # count the rest as lost and refill the window
+        elapsed = time.perf_counter() - t0
+    return answered / elapsed if elapsed else 0.0, answered, sent
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through main's `finally`, which stops the children
 
 
 def rows(smoke):
@@ -67,19 +140,13 @@ def cpu_seconds(pids):
 
 
 def environment(redis_port, backend):
-    return dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", UDPGATEWAY_PORT="0",
+    """The variables a row's processes get on top of ours."""
+    return dict(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", UDPGATEWAY_PORT="0",
                 CHANNEL_LAYER_BACKEND=backend, UDPGATEWAY_APPLICATION="echo:application")
 
 
-def start_with(env, argv, pattern, cwd):
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        return start(argv, pattern, cwd)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+def start_with(env, argv, pattern, cwd, ready=None):
+    return start(argv, pattern, cwd, env, ready)
 
 
 def run_udp_row(kind, backend, workers, redis_port, tmp, processes, args, redis_pid):
@@ -88,14 +155,14 @@ def run_udp_row(kind, backend, workers, redis_port, tmp, processes, args, redis_
     gateway_env = environment(redis_port, OURS if kind == "runworker" else backend)
     gateway_env.pop("UDPGATEWAY_APPLICATION")
     gateway, port = start_with(gateway_env, [str(BIN / "twistd"), "-n", f"--pidfile={tmp}/twistd-{len(processes)}.pid",
-                                             "udpgateway", "-c", config], GATEWAY_READY, tmp)
+                                             "udpgateway", "-c", config], GATEWAY_READY, tmp, r"udpgateway ready")
     processes.append(gateway)
     env = environment(redis_port, backend)
     for _ in range(workers):
         if kind == "runworker":  # it logs nothing when ready: the warm-up below waits for its first answer
             runworker = subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
                                          cwd=str(REPO / "examples" / "django_worker"),
-                                         env=dict(env, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL)
+                                         env=dict(os.environ, **env, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL)
             CHILDREN.append(runworker)  # stopped by PID with the others, whatever happens
             processes.append(runworker)
         else:
