@@ -18,7 +18,7 @@ class Delivery:
     """
 
     def __init__(self, layer, tokens, prefix, channels, *, senders, counters, quiet, runner=None,
-                 on_token=None, queue_size=SEND_QUEUE):
+                 on_token=None, budget=None, queue_size=SEND_QUEUE):
         self.layer = layer
         self.tokens = tokens
         self.prefix = prefix
@@ -27,6 +27,7 @@ class Delivery:
         self.quiet = quiet
         self.runner = runner      # set in memory mode: reserve a slot or drop
         self.on_token = on_token
+        self.budget = budget      # the amplification cap's accounting (ReplyBudget), or None
         self.ready = False
         self._senders = senders
         self._queue = asyncio.Queue(queue_size)
@@ -61,6 +62,8 @@ class Delivery:
                                       (datagram.listener, datagram.version, datagram.route))
         if self.on_token is not None:
             self.on_token(token)
+        if self.budget is not None:
+            self.budget.received(token, datagram.listener, len(datagram.data))
         message = build_receive(
             data=datagram.data, client=datagram.client, server=datagram.server,
             listener=datagram.listener, reply_channel=self.prefix + token, interface=datagram.interface,

@@ -23,7 +23,7 @@ class ReplyPump:
     live token, bounded by the token table's cap.
     """
 
-    def __init__(self, layer, prefix, tokens, listeners, send_channels, *, counters, quiet):
+    def __init__(self, layer, prefix, tokens, listeners, send_channels, *, counters, quiet, budget=None):
         self.layer = layer
         self.prefix = prefix
         self.tokens = tokens
@@ -31,6 +31,7 @@ class ReplyPump:
         self.send_channels = send_channels  # channel -> listener
         self.counters = counters
         self.quiet = quiet
+        self.budget = budget                # the amplification cap (ReplyBudget), or None
         self.prefix_receive = has_prefix_receive(layer)
         self._receive = redislayer.receiver(layer)
         self._receive_single = redislayer.prefix_receiver(layer)
@@ -135,4 +136,7 @@ class ReplyPump:
         listener = self.listeners.get(name)
         if listener is None or not listener.running:
             raise BadReply("unknown_token", f"listener {name} is stopped")
+        if not multicast and self.budget is not None and not self.budget.spend(token, name, len(data)):
+            raise BadReply("amplification", "the reply channel's replies would exceed amplification x the "
+                           "bytes its client sent")
         return name if listener.send_reply(route, data, multicast) else None

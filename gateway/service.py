@@ -6,7 +6,9 @@ from twisted.internet import error
 from twisted.logger import Logger
 
 from gateway import health, layers, metrics
+from gateway.amplification import make_budget
 from gateway.delivery import NOT_READY, Delivery, drop
+from gateway.guard import SourceTable, make_guard
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
 from gateway.process import AsyncService, StartupError
@@ -31,6 +33,8 @@ class GatewayService(AsyncService):
         self.app = app
         self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.prefix = self.tokens = None
         self.listeners = {}
+        self.sources = SourceTable(config.limits.max_sources)  # rate_limit's sources, every listener's
+        self.budget = make_budget(config.listeners)            # the amplification cap; None: no listener has one
 
     # -- start: bind (privileged, synchronous), then the async phases, in this order --
     def bind(self):
@@ -40,6 +44,9 @@ class GatewayService(AsyncService):
             with _listener_errors(listener):
                 listener.privilegedStartService()
             self.listeners[listener.name] = listener
+            if listener_config.amplification is None:
+                log.info("listener {name}: amplification cap off (amplification: null): replies to a source "
+                         "are not limited by the bytes it sent", name=listener.name)
         self.serve_metrics(self.config.metrics, metrics.gateway_collector(
             self.counters, lambda: [l.name for l in self.config.listeners],
             reply_channels=lambda: 0 if self.tokens is None else len(self.tokens),
@@ -73,11 +80,11 @@ class GatewayService(AsyncService):
             self.layer, self.tokens, self.prefix, {l.name: l.channel for l in self.config.listeners},
             senders=limits.max_layer_sends, counters=self.counters, quiet=self.quiet,
             runner=self.runner if self.runner and self.runner.reserve_mode else None,
-            on_token=self._new_token,
+            on_token=self._new_token, budget=self.budget,
         )
         send_channels = {l.send_channel: self.listeners[l.name] for l in self.config.listeners if l.send_channel}
         self.pump = ReplyPump(self.layer, self.prefix, self.tokens, self.listeners, send_channels,
-                              counters=self.counters, quiet=self.quiet)
+                              counters=self.counters, quiet=self.quiet, budget=self.budget)
         self.pump.start()
         self.delivery.start()
 
@@ -123,13 +130,17 @@ class GatewayService(AsyncService):
         kwargs = dict(sink=self._receive, reactor=self._reactor, counters=self.counters, quiet=self.quiet)
         if listener_config.type == "multicast":
             kwargs["poll_interval"] = self.config.limits.interface_poll
-        return KINDS[listener_config.type](listener_config, **kwargs)
+        listener = KINDS[listener_config.type](listener_config, **kwargs)
+        listener.guard = make_guard(listener_config, table=self.sources, counters=self.counters, quiet=self.quiet)
+        return listener
 
     def _new_token(self, token):
         if self.pump is not None:
             self.pump.watch(token)
 
     def _forget_token(self, token):
+        if self.budget is not None:
+            self.budget.forget(token)
         if self.pump is not None:
             self.pump.unwatch(token)
 

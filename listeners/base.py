@@ -74,6 +74,7 @@ class BaseListener(service.Service):
 
     kind = ""
     port_class = GatewayPort
+    guard = None  # a gateway.guard.SourceGuard (allow/deny, rate_limit): checked before anything else
 
     def __init__(self, config, *, sink, reactor, counters, quiet):
         self.config = config
@@ -153,6 +154,8 @@ class BaseListener(service.Service):
 
     # -- receiving -------------------------------------------------------
     def packet_received(self, index, data, addr, dst, ifindex, spec_dst):
+        if self.guard is not None and not self.guard.admits(addr):
+            return
         port = self.ports[index]
         host = port.getHost()
         server = (dst or self.default_server(host.host), host.port)
