@@ -70,42 +70,35 @@ def _parse(host):
 class SourceTable:
     """The sources rate_limit remembers, for every listener of a process: at most `max_sources`.
 
-    An OrderedDict least recently used first: a lookup, an update and forgetting the
-    oldest are each O(1). Values are plain floats, which the garbage collector does
-    not track, so a full table costs collections nothing.
+    An OrderedDict least recently used first (`entries`): a lookup, an update and
+    forgetting the oldest are each O(1). Values are plain floats, which the garbage
+    collector does not track, so a full table costs collections nothing.
     """
 
     def __init__(self, max_sources):
         assert max_sources >= 1, "max_sources must be at least 1"
         self.max_sources = max_sources
         self.forgotten = 0
-        self._entries = OrderedDict()
+        self.entries = OrderedDict()
 
     def __len__(self):
-        return len(self._entries)
+        return len(self.entries)
 
-    def get(self, key):
-        return self._entries.get(key)
-
-    def put(self, key, value):
-        """Set key's value and make it the most recently used; forget the least recently used past the cap."""
-        entries = self._entries
-        known = key in entries
-        entries[key] = value
-        if known:
-            entries.move_to_end(key)
-        elif len(entries) > self.max_sources:
-            entries.popitem(last=False)
+    def add(self, key, value):
+        """Remember a new key as the most recently used; forget the least recently used past the cap."""
+        self.entries[key] = value
+        if len(self.entries) > self.max_sources:
+            self.entries.popitem(last=False)
             self.forgotten += 1
 
 
 class RateLimiter:
     """A token bucket per source address: `rate` datagrams a second, bursts of up to `burst`.
 
-    Kept as GCRA (RFC 2697's idea, as nginx's limit_req): one float per source, the
-    time its bucket is full again ("theoretical arrival time"). A datagram passes
-    when that time is at most (burst - 1) / rate ahead of now. Equivalent to a bucket
-    of `burst` tokens refilled at `rate` a second, with no per-source object.
+    Kept as GCRA (the generic cell rate algorithm, as nginx's limit_req): one float
+    per source, the time its bucket is full again. A datagram passes when that time
+    is at most (burst - 1) / rate ahead of now. Equivalent to a bucket of `burst`
+    tokens refilled at `rate` a second, with no per-source object.
     """
 
     def __init__(self, name, rate, burst, *, table, clock=None):
@@ -113,18 +106,23 @@ class RateLimiter:
         self.interval = 1.0 / rate
         self.tolerance = (burst - 1) * self.interval
         self.table = table
-        self.clock = clock if clock is not None else MONOTONIC
+        self._entries = table.entries
+        self._now = (clock if clock is not None else MONOTONIC).seconds
 
     def allows(self, key):
         """Whether one more datagram from `key` passes now (then it is counted against its bucket)."""
-        now = self.clock.seconds()
-        full_at = self.table.get(key)
-        if full_at is None or full_at < now:
+        now = self._now()
+        full_at = self._entries.get(key)
+        if full_at is None:
+            self.table.add(key, now + self.interval)
+            return True
+        # Still remembered when refused: forgetting a flooder would refill its bucket.
+        self._entries.move_to_end(key)
+        if full_at < now:
             full_at = now
-        if full_at - now > self.tolerance:
-            self.table.put(key, full_at)  # still remembered: forgetting a flooder would refill its bucket
+        elif full_at - now > self.tolerance:
             return False
-        self.table.put(key, full_at + self.interval)
+        self._entries[key] = full_at + self.interval
         return True
 
 
