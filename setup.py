@@ -37,6 +37,7 @@ setup(
             "dnslib>=0.9.24",
             "zeroconf>=0.130",
             "async-upnp-client>=0.44",
+            "hypothesis>=6.100",  # property-based robustness tests (tests/test_properties.py)
         ],
     },
     entry_points={"console_scripts": ["udpgateway = gateway.cli:entry"]},

@@ -12,8 +12,13 @@ class ReplyBudget:
     """
 
     def __init__(self, factors):
-        self.factors = {name: factor for name, factor in factors.items() if factor is not None}
+        self.factors = {}
+        self.set_factors(factors)
         self._credit = {}  # token -> bytes it may still send
+
+    def set_factors(self, factors):
+        """Listener name -> factor (None: no cap), as a reload changes them."""
+        self.factors = {name: factor for name, factor in factors.items() if factor is not None}
 
     def __len__(self):
         return len(self._credit)

@@ -34,9 +34,15 @@ class Lifespan:
             raise LifespanFailure(event.get("message") or "the application's lifespan startup failed")
         self.supported = True
 
+    @property
+    def task(self):
+        """The application's lifespan call, once startup began (None before)."""
+        return self._task
+
     async def shutdown(self, timeout=SHUTDOWN_TIMEOUT):
+        """Run shutdown; returns the app's last event (None: unsupported, or no answer in time)."""
         if not self.supported:
-            return
+            return None
         await self._inbox.put({"type": "lifespan.shutdown"})
         try:
             event = await asyncio.wait_for(self._next_event(), timeout)
@@ -46,6 +52,7 @@ class Lifespan:
         if event is not None and event["type"] == "lifespan.shutdown.failed":
             log.error("lifespan shutdown failed: {message}", message=event.get("message", ""))
         self._task.cancel()
+        return event
 
     def close(self):
         """End the lifespan task (after shutdown, or instead of it when a stop cannot wait)."""

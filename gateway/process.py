@@ -200,8 +200,8 @@ class AsyncService(service.Service):
             log.info("received {sig}: ignored", sig=sig.name)
 
     def on_sighup(self):
-        """SIGHUP: where a config reload will plug in; until then the process keeps serving."""
-        log.info("received SIGHUP: reload is not supported yet; still serving with the running config")
+        """SIGHUP: the gateway reloads its config (GatewayService); other processes keep theirs and say so."""
+        log.info("received SIGHUP: {what} does not reload its config; restart it to apply changes", what=self.what)
 
     def _stop_signal(self, sig):
         if not (self._stop_asked or self._stopping is not None):

@@ -36,6 +36,7 @@ class ReplyPump:
         self._receive = redislayer.receiver(layer)
         self._receive_single = redislayer.prefix_receiver(layer)
         self._loops = []
+        self._send_loops = {}  # send_channel -> its receive loop
         self._watchers = {}
 
     def start(self):
@@ -44,13 +45,21 @@ class ReplyPump:
         else:
             log.info("the channel layer cannot receive a whole reply prefix: one receive per "
                      "live reply channel (costs more per client)")
-        for channel, listener in self.send_channels.items():
-            self._loops.append(asyncio.ensure_future(self._loop(self._receiver(channel))))
+        for channel in self.send_channels:
+            self._send_loops[channel] = asyncio.ensure_future(self._loop(self._receiver(channel)))
+
+    def set_send_channels(self, send_channels):
+        """A reload changed the listeners: receive on new send_channels, no longer on dropped ones."""
+        for channel in self.send_channels.keys() - send_channels.keys():
+            self._send_loops.pop(channel).cancel()
+        for channel in send_channels.keys() - self.send_channels.keys():
+            self._send_loops[channel] = asyncio.ensure_future(self._loop(self._receiver(channel)))
+        self.send_channels = dict(send_channels)
 
     def stop(self):
-        for task in self._loops + list(self._watchers.values()):
+        for task in self._loops + list(self._send_loops.values()) + list(self._watchers.values()):
             task.cancel()
-        self._loops, self._watchers = [], {}
+        self._loops, self._send_loops, self._watchers = [], {}, {}
 
     # -- receiving -------------------------------------------------------
     async def _receive_prefixed(self, timeout=None):

@@ -85,6 +85,14 @@ class AppRunner:
         self._slots = asyncio.Semaphore(self.max_concurrency)
         self._loops = [asyncio.ensure_future(self._receive_loop(c)) for c in self.channels]
 
+    def consume(self, channel):
+        """Also receive from `channel` (a reload added a listener with a channel of its own)."""
+        if channel in self.channels:
+            return
+        self.channels.append(channel)
+        if self._slots is not None:
+            self._loops.append(asyncio.ensure_future(self._receive_loop(channel)))
+
     def stop_receiving(self):
         for loop in self._loops:
             loop.cancel()

@@ -1,11 +1,12 @@
-"""GatewayService: wires layer, listeners, tokens, pump and runner, and orders start and stop."""
+"""GatewayService: wires layer, listeners, tokens, pump and runner, and orders start, reload and stop."""
 
+import asyncio
 from contextlib import contextmanager
 
 from twisted.internet import error
 from twisted.logger import Logger
 
-from gateway import health, layers, metrics
+from gateway import health, layers, metrics, reload
 from gateway.amplification import make_budget
 from gateway.delivery import NOT_READY, Delivery, drop
 from gateway.guard import SourceTable, make_guard
@@ -16,6 +17,7 @@ from gateway.replies import ReplyPump
 from gateway.runner import AppRunner
 from gateway.tokens import TokenTable
 from listeners import KINDS
+from listeners.activation import AdoptError
 
 log = Logger()
 
@@ -27,14 +29,16 @@ class GatewayService(AsyncService):
     returns one Deferred covering design.md's whole stop sequence.
     """
 
-    def __init__(self, config, *, reactor, app=None, on_fatal=None, signals=False):
+    def __init__(self, config, *, reactor, app=None, on_fatal=None, signals=False, inherited=None):
         super().__init__(reactor=reactor, on_fatal=on_fatal, signals=signals)
         self.config = config
         self.app = app
+        self.inherited = dict(inherited or {})  # name -> fds passed by systemd (LISTEN_FDNAMES)
         self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.prefix = self.tokens = None
         self.listeners = {}
         self.sources = SourceTable(config.limits.max_sources)  # rate_limit's sources, every listener's
         self.budget = make_budget(config.listeners)            # the amplification cap; None: no listener has one
+        self._reloading = None  # the running reload's task
 
     # -- start: bind (privileged, synchronous), then the async phases, in this order --
     def bind(self):
@@ -44,9 +48,9 @@ class GatewayService(AsyncService):
             with _listener_errors(listener):
                 listener.privilegedStartService()
             self.listeners[listener.name] = listener
-            if listener_config.amplification is None:
-                log.info("listener {name}: amplification cap off (amplification: null): replies to a source "
-                         "are not limited by the bytes it sent", name=listener.name)
+        for name in sorted(self.inherited.keys() - self.listeners.keys()):
+            log.warn("systemd passed fd {fds} named {fdname}, which is no listener's name: not used",
+                     fds=" ".join(map(str, self.inherited[name])), fdname=name)
         self.serve_metrics(self.config.metrics, metrics.gateway_collector(
             self.counters, lambda: [l.name for l in self.config.listeners],
             reply_channels=lambda: 0 if self.tokens is None else len(self.tokens),
@@ -127,12 +131,30 @@ class GatewayService(AsyncService):
         )
 
     def _make_listener(self, listener_config):
-        kwargs = dict(sink=self._receive, reactor=self._reactor, counters=self.counters, quiet=self.quiet)
+        kwargs = dict(sink=self._receive, reactor=self._reactor, counters=self.counters, quiet=self.quiet,
+                      fds=self._fds_of(listener_config))
         if listener_config.type == "multicast":
             kwargs["poll_interval"] = self.config.limits.interface_poll
         listener = KINDS[listener_config.type](listener_config, **kwargs)
         listener.guard = make_guard(listener_config, table=self.sources, counters=self.counters, quiet=self.quiet)
+        if listener_config.amplification is None:
+            log.info("listener {name}: amplification cap off (amplification: null): replies to a source "
+                     "are not limited by the bytes it sent", name=listener.name)
         return listener
+
+    def _fds_of(self, listener_config):
+        """The sockets a listener adopts: its `fd`, else those systemd passed under its name; () to bind."""
+        if listener_config.fd is not None:
+            return (listener_config.fd,)
+        return tuple(self.inherited.get(listener_config.name, ()))
+
+    def _set_amplification(self, listener_configs):
+        """A reload's factors: unchanged listeners keep their channels' accounting (changed ones lost their tokens)."""
+        if self.budget is None:
+            self.budget = make_budget(listener_configs)
+        else:
+            self.budget.set_factors({l.name: l.amplification for l in listener_configs})
+        self.delivery.budget = self.pump.budget = self.budget
 
     def _new_token(self, token):
         if self.pump is not None:
@@ -144,8 +166,88 @@ class GatewayService(AsyncService):
         if self.pump is not None:
             self.pump.unwatch(token)
 
+    # -- reload (SIGHUP): check the file as `udpgateway check` does, bind what is new, then close what went --
+    def on_sighup(self):
+        refusal = self._reload_refusal()
+        if refusal:
+            log.info("reload: ignored, {why}", why=refusal)
+            return
+        log.info("received SIGHUP: reloading {path}", path=self.config.path)
+        self._reloading = asyncio.ensure_future(self._reload())
+
+    def _reload_refusal(self):
+        if self._stopping is not None or self._stop_asked:
+            return "the gateway is stopping"
+        if self._reloading is not None and not self._reloading.done():
+            return "a reload is already running"
+        if self.delivery is None or not self.delivery.ready:
+            return "the gateway is still starting"
+        return None
+
+    async def _reload(self):
+        try:
+            new = reload.load_checked(self.config.path)
+            if new is not None:
+                await self._apply_reload(reload.plan(self.config, new))
+        except Exception:
+            log.failure("reload: failed unexpectedly; the running config stays")
+
+    async def _apply_reload(self, plan):
+        for key in plan.restart:
+            log.warn("reload: {key} changed: not applied, it needs a restart", key=key)
+        swap = reload.ListenerSwap(self.listeners, self._start_listener, lambda config: bool(self._fds_of(config)))
+        channels = self.delivery.channels
+        self.delivery.channels = {**{l.name: l.channel for l in plan.added}, **channels}  # new ones may hear first
+        try:
+            outgoing = await swap.bind(plan)
+        except reload.BindFailed as exc:
+            self.delivery.channels = channels
+            for line in swap.lost:
+                log.error("{line}", line=line)
+            log.error("reload: rolled back, {why}; still serving with the running config", why=exc)
+            return
+        self._commit_reload(plan, swap.started)
+        closing = [health.as_future(listener.stopService()) for listener in outgoing]  # all stop reading now
+        await asyncio.gather(*closing)
+        log.info("{summary}", summary=reload.summary(plan))
+
+    def _start_listener(self, listener_config):
+        """A listener bound and started now (a reload); BindFailed with its one line if it cannot."""
+        listener = self._make_listener(listener_config)
+        try:
+            with _listener_errors(listener):
+                listener.privilegedStartService()
+                listener.startService()
+        except StartupError as exc:
+            raise reload.BindFailed(str(exc)) from None
+        return listener
+
+    def _commit_reload(self, plan, started):
+        """The new listeners serve; replies to the closed ones' clients are unknown from now on."""
+        gone = set(plan.removed) | {l.name for l in plan.changed}
+        for name in plan.removed:
+            del self.listeners[name]
+        self.listeners.update(started)
+        self.tokens.forget_if(lambda key: key[0] in gone)
+        self.config = config = plan.config
+        self._set_amplification(config.listeners)
+        self.delivery.channels = {l.name: l.channel for l in config.listeners}
+        self.pump.set_send_channels({l.send_channel: self.listeners[l.name] for l in config.listeners
+                                     if l.send_channel})
+        self.tokens.ttl = config.limits.reply_ttl
+        if self.runner is not None:
+            self.runner.app_timeout = config.limits.app_timeout
+            for listener_config in config.listeners:
+                self.runner.consume(listener_config.channel)
+        if "interface_poll" in plan.live_limits:
+            for listener in self.listeners.values():
+                if hasattr(listener, "set_poll_interval"):
+                    listener.set_poll_interval(config.limits.interface_poll)
+
     # -- stop: design.md's order; a second stop signal cuts the waits short (AsyncService.patiently) --
     async def _stop(self):
+        if self._reloading is not None:
+            await asyncio.wait({self._reloading})  # binds are synchronous: a reload ends in a moment
         if self.delivery is not None:
             self.delivery.ready = False
         if self.runner is not None:
@@ -182,5 +284,5 @@ def _listener_errors(listener):
     except error.CannotListenError as exc:
         raise StartupError(f"listener {listener.name}: cannot bind {exc.interface or '*'}:{exc.port}: "
                            f"{exc.socketError}") from None
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, AdoptError) as exc:
         raise StartupError(f"listener {listener.name}: {exc}") from None

@@ -30,11 +30,15 @@ def makeService(options):
         raise SystemExit(2)
     from gateway.service import GatewayService
     from gateway.startup import load_application, load_or_exit
+    from listeners.activation import listen_fds
 
     config = load_or_exit(options["config"])
     app = load_application(config)
+    inherited, note = listen_fds(os.environ, os.getpid())  # before any child could inherit LISTEN_*
+    if note:
+        log.warn("{note}", note=note)
     fatal = FailedStart(reactor, getattr(options, "parent", None) or {})
-    return GatewayService(config, reactor=reactor, app=app, on_fatal=fatal, signals=True)
+    return GatewayService(config, reactor=reactor, app=app, on_fatal=fatal, signals=True, inherited=inherited)
 
 
 class FailedStart:

@@ -69,6 +69,13 @@ class TokenTable:
         if token in self._entries:
             self._remove(token)
 
+    def forget_if(self, predicate):
+        """Drop every token whose key matches `predicate` (a reload closed its listener); O(n), returns how many."""
+        doomed = [token for token, entry in self._entries.items() if predicate(entry.key)]
+        for token in doomed:
+            self._remove(token)
+        return len(doomed)
+
     def prune(self):
         """Drop every expired token; returns how many."""
         return self._prune(self.clock.seconds(), None)

@@ -9,6 +9,7 @@ from twisted.application import service
 from twisted.internet import defer, error
 from twisted.logger import Logger
 
+from listeners import activation
 from listeners.ports import MAX_PACKET, GatewayPort, _PortProtocol, capped_message
 
 log = Logger()
@@ -76,9 +77,10 @@ class BaseListener(service.Service):
     port_class = GatewayPort
     guard = None  # a gateway.guard.SourceGuard (allow/deny, rate_limit): checked before anything else
 
-    def __init__(self, config, *, sink, reactor, counters, quiet):
+    def __init__(self, config, *, sink, reactor, counters, quiet, fds=()):
         self.config = config
         self.name = config.name
+        self.fds = tuple(fds)  # already-bound sockets to adopt instead of binding (`fd`, systemd)
         self._sink = sink
         self._reactor = reactor
         self.counters = counters
@@ -106,9 +108,12 @@ class BaseListener(service.Service):
     def _bind(self):
         self.bound = True
         try:
-            for index, host in enumerate(self.bind_addresses()):
-                port = self.make_port(host, index)
-                port.rcvbuf, port.sndbuf = self.config.rcvbuf, self.config.sndbuf
+            for index, where in enumerate(self.fds or self.bind_addresses()):
+                if self.fds:
+                    port = self.adopt_port(where, index)  # its buffers are sized as it is adopted
+                else:
+                    port = self.make_port(where, index)
+                    port.rcvbuf, port.sndbuf = self.config.rcvbuf, self.config.sndbuf
                 port.startListening()
                 self.ports.append(port)
                 self.port_started(port)
@@ -133,6 +138,20 @@ class BaseListener(service.Service):
         port.reuse_port = self.config.reuse_port
         port.pktinfo = _is_wildcard(host)
         return port
+
+    def adopt_port(self, fd, index):
+        """A port on the inherited socket `fd`, which must be where bind and port say; AdoptError if not."""
+        family, address = activation.inspect(fd)
+        problem = self.adopted_problem(fd, family, address)
+        if problem:
+            raise activation.AdoptError(problem)
+        return self.port_class.adopt(fd, family, _PortProtocol(self, index), self._reactor,
+                                     pktinfo=_is_wildcard(address[0]) or None,
+                                     rcvbuf=self.config.rcvbuf, sndbuf=self.config.sndbuf)
+
+    def adopted_problem(self, fd, family, address):
+        """Why the socket of `fd` cannot be this listener's, or None."""
+        return activation.mismatch(fd, address, bind=self.config.bind, port=self.config.port)
 
     def port_started(self, port):
         """Hook for per-socket setup after bind."""
@@ -174,7 +193,7 @@ class BaseListener(service.Service):
         if not self._owners:
             from gateway.interfaces import find_interface
 
-            found = [find_interface(host) for host in self.bind_addresses()]
+            found = [find_interface(p.getHost().host) for p in self.ports]
             self._owners = [i.name if i is not None else None for i in found]
         return self._owners[index] if index < len(self._owners) else None
 

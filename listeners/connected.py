@@ -1,6 +1,6 @@
 """Connected UDP: `listenUDP` + `transport.connect`; only the remote peer is heard and answered."""
 
-from listeners import sockopts
+from listeners import activation, sockopts
 from listeners.base import BaseListener, log
 
 
@@ -13,6 +13,13 @@ class ConnectedListener(BaseListener):
         """Only addresses of the remote's family can be connected to it."""
         family = sockopts.family_of(self.config.remote.host)
         return [host for host in self.config.bind if sockopts.family_of(host) == family]
+
+    def adopted_problem(self, fd, family, address):
+        remote = sockopts.family_of(self.config.remote.host)
+        if family != remote:
+            return (f"fd {fd} is an {activation.family_name(family)} socket but remote "
+                    f"{self.config.remote.host} is {activation.family_name(remote)}")
+        return super().adopted_problem(fd, family, address)
 
     def port_started(self, port):
         port.connect(self.config.remote.host, self.config.remote.port)

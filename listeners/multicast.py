@@ -8,7 +8,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from gateway import interfaces as ifaces
-from listeners import sockopts
+from listeners import activation, sockopts
 from listeners.base import BadRoute, BaseListener
 from listeners.ports import MAX_PACKET, GatewayMulticastPort, _PortProtocol
 
@@ -33,9 +33,10 @@ class MulticastListener(BaseListener):
     """Joins its groups on each interface, follows interfaces that come and go, sends to groups."""
 
     kind = "multicast"
+    port_class = GatewayMulticastPort
 
-    def __init__(self, config, *, sink, reactor, counters, quiet, poll_interval=5.0):
-        super().__init__(config, sink=sink, reactor=reactor, counters=counters, quiet=quiet)
+    def __init__(self, config, *, sink, reactor, counters, quiet, poll_interval=5.0, fds=()):
+        super().__init__(config, sink=sink, reactor=reactor, counters=counters, quiet=quiet, fds=fds)
         self._groups = {f: [g for g in config.groups if sockopts.family_of(g) == f] for f in _FAMILIES}
         self._sources = {f: [s for s in config.sources if sockopts.family_of(s) == f] for f in _FAMILIES}
         self._joined = {f: {} for f in _FAMILIES}  # family -> {ifindex: Interface}
@@ -51,6 +52,14 @@ class MulticastListener(BaseListener):
     def make_port(self, host, index):
         proto = _PortProtocol(self, index)
         return GatewayMulticastPort(self.config.port, proto, host, MAX_PACKET, self._reactor, listenMultiple=True)
+
+    def adopted_problem(self, fd, family, address):
+        if not self._groups[family]:
+            name = activation.family_name(family)
+            return f"fd {fd} is an {name} socket but the listener has no {name} group"
+        if any(p.addressFamily == family for p in self.ports):
+            return f"fd {fd} is a second {activation.family_name(family)} socket (one per family)"
+        return activation.mismatch(fd, address, port=self.config.port)
 
     def port_started(self, port):
         skt, ttl, loop = port.socket, self.config.ttl, int(self.config.loopback)
@@ -79,6 +88,13 @@ class MulticastListener(BaseListener):
             self._poller.stop()
         self._poller = None
         return super().stopService()
+
+    def set_poll_interval(self, seconds):
+        """limits.interface_poll changed on reload: the next check comes `seconds` from now."""
+        self._poll_interval = seconds
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+            self._poller.start(seconds, now=False)
 
     def _port_of(self, family):
         for port in self.ports:

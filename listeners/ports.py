@@ -47,6 +47,25 @@ class _PortMixin:
             self.pktinfo = _request_pktinfo(skt, self.addressFamily)
         return skt
 
+    @classmethod
+    def adopt(cls, fd, family, protocol, reactor, *, pktinfo=None, rcvbuf=RECEIVE_BUFFER, sndbuf=None):
+        """A port on the bound socket `fd`, as reactor.adoptDatagramPort makes one, but of this class.
+
+        It works on a duplicate of `fd` and gets the options that still apply after bind.
+        """
+        port = cls._fromListeningDescriptor(reactor, fd, family, protocol, MAX_PACKET)
+        if pktinfo is not None:
+            port.pktinfo = pktinfo
+        skt = port._preexistingSocket
+        skt.setblocking(False)  # Twisted needs it; systemd passes blocking sockets
+        port.rcvbuf, port.sndbuf = rcvbuf, sndbuf
+        port.capped = size_buffers(skt, rcvbuf, sndbuf)
+        if port.multicast_socket:
+            _own_groups_only(skt, family)
+        if port.pktinfo:
+            port.pktinfo = _request_pktinfo(skt, family)
+        return port
+
     def _bindSocket(self):
         """Bind as udp.Port does, but a scoped address ("fe80::1%eth0") keeps its scope id."""
         # Python drops the scope of a 2-tuple: a link-local bind must be (host, port, 0, ifindex),
@@ -185,6 +204,11 @@ def _configure_multicast_socket(skt, family):
     skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if hasattr(socket, "SO_REUSEPORT"):
         skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+    _own_groups_only(skt, family)
+
+
+def _own_groups_only(skt, family):
+    """Receive only the groups this socket joined."""
     try:
         # Linux delivers every group joined by anyone on the port unless
         # IP_MULTICAST_ALL / IPV6_MULTICAST_ALL are off (ip(7), ipv6(7)).

@@ -107,6 +107,23 @@ class NetnsPair:
         ip("-n", ns, "link", "set", ifname, "up")
         ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", ifname)
 
+    def add_link(self, gw_if="vgw2", cl_if="vcl2", subnet=252):
+        """A second veth pair between the same two namespaces; {namespace: (IPv4, IPv6)} of its ends.
+
+        Its addresses are 10.<subnet>.<n>.1/.2 and fd00:<subnet>:<n>::1/::2; the
+        route for 224.0.0.0/4 stays on the first pair.
+        """
+        ip("link", "add", gw_if, "netns", self.gw, "type", "veth", "peer", "name", cl_if, "netns", self.cl)
+        addresses = {}
+        for ns, ifname, host in ((self.gw, gw_if, 1), (self.cl, cl_if, 2)):
+            v4, v6 = f"10.{subnet}.{self.n}.{host}", f"fd00:{subnet}:{self.n:x}::{host}"
+            ip("-n", ns, "addr", "add", f"{v4}/24", "dev", ifname)
+            ip("-n", ns, "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
+            ip("-n", ns, "link", "set", ifname, "up")
+            addresses[ns] = (v4, v6)
+        self.wait_ready(links=((self.gw, gw_if), (self.cl, cl_if)))
+        return addresses
+
     def add_address(self, ns, v4=None, v6=None):
         """Add secondary addresses to a namespace's veth end."""
         ifname = self.gw_if if ns == self.gw else self.cl_if
@@ -115,14 +132,16 @@ class NetnsPair:
         if v6:
             ip("-n", ns, "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
 
-    def wait_ready(self, timeout=30.0):
-        """Wait until both link-local addresses are usable (not tentative)."""
-        wait_until(lambda: self.link_local(self.gw) and self.link_local(self.cl), timeout,
+    def wait_ready(self, timeout=30.0, links=None):
+        """Wait until the link-local addresses of `links` ((namespace, interface) pairs; default both
+        ends of the first pair) are usable (not tentative)."""
+        links = links or ((self.gw, None), (self.cl, None))
+        wait_until(lambda: all(self.link_local(ns, ifname) for ns, ifname in links), timeout,
                    what="IPv6 link-local addresses that are not tentative")
 
-    def link_local(self, ns):
-        """The fe80:: address of the namespace's veth end, or None while tentative."""
-        ifname = self.gw_if if ns == self.gw else self.cl_if
+    def link_local(self, ns, ifname=None):
+        """The fe80:: address of the namespace's veth end (or of `ifname`), or None while tentative."""
+        ifname = ifname or (self.gw_if if ns == self.gw else self.cl_if)
         out = ip("-n", ns, "-6", "addr", "show", "dev", ifname, "scope", "link")
         match = re.search(r"inet6 (fe80::[0-9a-f:]+)/64", out)
         return match.group(1) if match and "tentative" not in out else None

@@ -3,7 +3,8 @@
     python tests/nsclient.py --to 239.1.2.3 5000 --ifname vcl --data hello --count 1 --timeout 30
 
 Prints one JSON object: {"sent_from": [host, port], "replies": [{"data": b64, "source": [host, port],
-"ttl": n, "dst": addr}, ...]}. With --ready it first prints "ready" once bound (and joined).
+"ttl": n, "dst": addr,
+"ifname": arrival interface}, ...]}. With --ready it first prints "ready" once bound (and joined).
 
 With --marker HOST PORT DATA MATCH it then sends DATA to HOST:PORT from the same socket and reads
 until a reply containing MATCH: "replies" are those that came before it, "marker" is that reply.
@@ -122,7 +123,8 @@ def receive(skt, args, until=None):
 
 
 def describe(data, ancdata, addr):
-    reply = {"data": base64.b64encode(data).decode(), "source": [scoped(addr), addr[1]], "ttl": None, "dst": None}
+    reply = {"data": base64.b64encode(data).decode(), "source": [scoped(addr), addr[1]], "ttl": None, "dst": None,
+             "ifname": None}
     for level, kind, value in ancdata:
         if level == socket.IPPROTO_IP and kind == socket.IP_TTL:
             reply["ttl"] = struct.unpack("=i", value[:4])[0]
@@ -130,8 +132,10 @@ def describe(data, ancdata, addr):
             reply["ttl"] = struct.unpack("=i", value[:4])[0]
         elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
             reply["dst"] = socket.inet_ntop(socket.AF_INET, value[8:12])
+            reply["ifname"] = socket.if_indextoname(struct.unpack("=i", value[:4])[0])
         elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
             reply["dst"] = socket.inet_ntop(socket.AF_INET6, value[:16])
+            reply["ifname"] = socket.if_indextoname(struct.unpack("=I", value[16:20])[0])
     return reply
 
 

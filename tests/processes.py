@@ -36,8 +36,9 @@ class Process:
 
     ready_text = None
 
-    def __init__(self, argv, *, cwd=None, env=None, ns=None):
+    def __init__(self, argv, *, cwd=None, env=None, ns=None, pass_fds=()):
         self.argv = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in argv]
+        self.pass_fds = tuple(pass_fds)  # file descriptors the child inherits, at the same numbers
         self._own_cwd = cwd is None
         self.cwd = cwd or tempfile.mkdtemp(prefix="udpgateway-proc-")
         self.env = env
@@ -48,7 +49,8 @@ class Process:
 
     def start(self, ready=True, timeout=DEADLINE):
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     cwd=self.cwd, env=child_env(self.env), stdin=subprocess.DEVNULL)
+                                     cwd=self.cwd, env=child_env(self.env), stdin=subprocess.DEVNULL,
+                                     pass_fds=self.pass_fds)
         self._threads = [threading.Thread(target=t, daemon=True) for t in (self._read, self._read_errors)]
         for thread in self._threads:
             thread.start()
@@ -95,6 +97,11 @@ class Process:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._pump(min(remaining, 0.2)) is None:
                 raise AssertionError(f"no log line with {text!r}:\n{self.log_text()}")
+
+    def mark(self):
+        """The index of the next log line (for wait_for(..., start=))."""
+        self._drain()
+        return len(self.lines)
 
     def count(self, text):
         self._drain()
@@ -145,19 +152,31 @@ class GatewayProcess(Process):
 
     ready_text = "udpgateway ready"
 
-    def __init__(self, config_path, *, env=None, ns=None, cwd=None, twistd=None, twistd_options=None):
-        """`cwd` given: twistd runs there with its default pid file (./twistd.pid), and the directory stays."""
+    def __init__(self, config_path, *, env=None, ns=None, cwd=None, twistd=None, twistd_options=None,
+                 pass_fds=(), wrapper=()):
+        """`cwd` given: twistd runs there with its default pid file (./twistd.pid), and the directory stays.
+
+        `wrapper`: an argv prefix that execs twistd (e.g. listen_fds_wrapper); `pass_fds`: fds it inherits.
+        """
         own = cwd is None
         cwd = str(cwd or tempfile.mkdtemp(prefix="udpgateway-twistd-"))  # twistd leaves twistd.pid here
         options = twistd_options if twistd_options is not None else (
             ["-n", f"--pidfile={cwd}/twistd.pid"] if own else ["-n"])
-        argv = [twistd or TWISTD, *options, "udpgateway", "-c", config_path]
-        super().__init__(argv, cwd=cwd, env=env, ns=ns)
+        argv = [*wrapper, twistd or TWISTD, *options, "udpgateway", "-c", config_path]
+        super().__init__(argv, cwd=cwd, env=env, ns=ns, pass_fds=pass_fds)
         self._own_cwd = own
 
     @property
     def pidfile(self):
         return Path(self.cwd) / "twistd.pid"
+
+
+def listen_fds_wrapper(fds, names=None):
+    """An argv prefix that execs the rest as systemd-socket-activate does: `fds` (numbers, or
+    "bind:HOST:PORT" to bind one there) moved to 3, 4, ..., LISTEN_FDS, LISTEN_FDNAMES (when
+    `names`) and LISTEN_PID = the exec'd process's own pid."""
+    argv = [sys.executable, str(Path(__file__).with_name("listen_fds.py")), ",".join(map(str, fds))]
+    return argv + ([":".join(names)] if names is not None else ["-"]) + ["--"]
 
 
 class WorkerProcess(Process):

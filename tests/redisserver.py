@@ -102,6 +102,14 @@ class RedisServer:
         """SIGKILL our process (a crash): clients see their connections drop."""
         self._end(signal.SIGKILL, 10.0)
 
+    def pause(self):
+        """SIGSTOP our process: connections stay open and commands wait unanswered (a hung Redis)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        """SIGCONT our process after pause()."""
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def restart(self, timeout=STARTUP_TIMEOUT):
         """Start again on the same port (after stop or kill)."""
         self._end(signal.SIGKILL, 10.0)
@@ -111,6 +119,7 @@ class RedisServer:
         proc, self.proc = self.proc, None
         if proc is not None:
             if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)  # a paused server would not act on SIGTERM
                 os.kill(proc.pid, signum)
             try:
                 proc.wait(timeout)

@@ -82,12 +82,16 @@ def tag(reply):
 
 def write_config(directory, redis_url, *, port=0, backend=REDIS_BACKEND, reuse_port=False, application=None,
                  layer_config=BURST_CAPACITY, limits=""):
-    """A gateway.yaml for a Redis-backed gateway and its workers, as examples/redis.yaml does it."""
+    """A gateway.yaml for a Redis-backed gateway and its workers, as examples/redis.yaml does it.
+
+    `redis_url` is one URL or a list of them (channels_redis' ring of hosts).
+    """
+    urls = [redis_url] if isinstance(redis_url, str) else list(redis_url)  # several: a ring of hosts
     text = f"""\
 channel_layer:
   backend: {backend}
   config:
-    hosts: ["{redis_url}"]
+    hosts: [{", ".join(f'"{url}"' for url in urls)}]
 {layer_config}"""
     # Gateways run without an application; workers get theirs from UDPGATEWAY_APPLICATION.
     text += f"application: {application or '${UDPGATEWAY_APPLICATION:-}'}\n"

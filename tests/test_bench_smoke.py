@@ -57,3 +57,33 @@ def test_core_benchmark_smoke():
     status, out, err = run_in_own_group([sys.executable, BENCHMARKS / "core_bench.py", "--smoke"], BOUND)
     assert status == 0, out + err
     assert "memory layer:" in out and "token table:" in out
+
+
+def test_soak_smoke():
+    """benchmarks/soak.py --smoke accounts for every datagram, and the gateway it ran exits 0 on SIGTERM."""
+    status, out, err = run_in_own_group([sys.executable, BENCHMARKS / "soak.py", "--smoke"], BOUND)
+    assert status == 0, out + err
+    for text in ("unaccounted 0", "replies to the wrong source 0", "exit status 0 on SIGTERM", "result: PASS"):
+        assert text in out, out
+
+
+def test_soak_stopped_leaves_nothing_running():
+    """SIGTERM to benchmarks/soak.py mid-run stops the gateway it started, by PID."""
+    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / "soak.py"), "--smoke", "--progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=child_env())
+    try:
+        seen = []
+        for line in proc.stdout:  # ends early if the soak does
+            seen.append(line)
+            if line.startswith("  t="):
+                break
+        assert seen and seen[-1].startswith("  t="), "".join(seen)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM, "".join(seen)
+    finally:
+        left = kill_group(proc)
+        if proc.poll() is None:
+            proc.wait(10)
+        proc.stdout.close()
+    assert not left, f"left running: {left}"

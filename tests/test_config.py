@@ -110,8 +110,8 @@ ROWS = [
     (
         "unknown-key-no-match",
         doc(P + ", zzz: 1"),
-        "listeners[0].zzz: unknown key (expected one of: name, type, port, channel, bind, reuse_port, allow, deny, "
-        "rate_limit, amplification, rcvbuf, sndbuf)",
+        "listeners[0].zzz: unknown key (expected one of: name, type, port, channel, fd, bind, reuse_port, allow, "
+        "deny, rate_limit, amplification, rcvbuf, sndbuf)",
     ),
     (
         "unknown-limits-key",
@@ -207,6 +207,11 @@ ROWS = [
         "gateway.yaml:7:5: duplicate key 'port'",
     ),
     # ranges
+    ("fd-negative", doc(P + ", fd: -1"), "gateway.yaml: listeners[0].fd: -1 is less than 0"),
+    ("fd-string", doc(P + ", fd: three"), "gateway.yaml: listeners[0].fd: expected an integer, got 'three'"),
+    ("fd-bool", doc(P + ", fd: true"), "listeners[0].fd: expected an integer, got true"),
+    ("fd-bad-bind", doc("name: echo, type: plain, fd: 3, bind: 'no such'"), "listeners[0].bind: 'no such' is not"),
+    ("fd-groups-still-required", doc("name: mc, type: multicast, fd: 3"), "listeners[0].groups: required key"),
     ("port-too-big", doc(P.replace("9999", "65536")), "gateway.yaml: listeners[0].port: 65536 is outside 0-65535"),
     ("port-negative", doc(P.replace("9999", "-1")), "listeners[0].port: -1 is outside 0-65535"),
     ("remote-port-zero", doc(C.replace("9001", "0")), "listeners[0].remote.port: 0 is outside 1-65535"),
@@ -656,6 +661,10 @@ VALID = [
         doc(M + ", interfaces: , sources: ", top="application:\nchannel_layer: {backend: cfglayer.AnyLayer}\n"),
     ),
     ("commented-var", "# port: ${UDPGW_TEST_UNSET}\n" + doc(P)),
+    ("fd-without-bind-or-port", doc("name: echo, type: plain, fd: 3")),
+    ("fd-connected", doc("name: up, type: connected, fd: 4, remote: {host: 127.0.0.1, port: 9001}")),
+    ("fd-multicast-without-port", doc("name: mc, type: multicast, fd: 0, groups: [224.0.0.251]")),
+    ("fd-with-bind-and-port", doc(P + ", fd: 3")),
     (
         "traffic-keys-on-every-kind",
         doc(
@@ -680,6 +689,22 @@ def test_valid_configs(load, text):
     config, problems = load(text)
     assert lines(problems) == []
     assert isinstance(config, GatewayConfig)
+
+
+def test_fd_makes_bind_and_port_optional(load):
+    """With `fd`, a listener needs neither bind nor port: port is then None (the adopted socket's)."""
+    config, problems = load(doc("name: echo, type: plain, fd: 3", M + ", fd: 4"))
+    assert problems == []
+    assert [(l.fd, l.port, l.bind) for l in config.listeners] == [(3, None, ()), (4, 5353, ())]
+
+
+def test_fd_bind_address_needs_no_host_address(load):
+    """With `fd`, a bound address is only compared with the socket: it need not be on this host."""
+    config, problems = load(doc(P.replace("127.0.0.1", "192.0.2.99") + ", fd: 3"))
+    assert problems == []
+    assert config.listeners[0].bind == ("192.0.2.99",)
+    _config, problems = load(doc(P.replace("127.0.0.1", "192.0.2.99")))
+    assert "192.0.2.99 is not an address of this host" in lines(problems)[0]
 
 
 def test_minimal_config_gets_defaults(load, tmp_path):
@@ -1077,6 +1102,9 @@ def test_describe(load):
         M + ", sources: [192.0.2.7]",
         "name: ssdp, type: multicast, port: 1900, groups: [239.255.255.250], interfaces: [test0], channel: ssdp.in",
         P.replace("echo", "shared").replace("9999", "7000") + ", reuse_port: true",
+        "name: sd, type: plain, fd: 3",
+        P.replace("echo", "sd2").replace("9999", "9998") + ", fd: 4",
+        M.replace("mc", "sd3") + ", fd: 5",
     )
     config, problems = load(text)
     assert problems == []
@@ -1087,6 +1115,9 @@ def test_describe(load):
         "mc: multicast 224.0.0.251 on all multicast interfaces port 5353 from 192.0.2.7, channel udp.receive",
         "ssdp: multicast 239.255.255.250 on test0 port 1900, channel ssdp.in",
         "shared: plain on 127.0.0.1 port 7000, reuse_port, channel udp.receive",
+        "sd: plain adopting fd 3 on its socket, channel udp.receive",
+        "sd2: plain adopting fd 4 on 127.0.0.1 port 9998, channel udp.receive",
+        "sd3: multicast 224.0.0.251 on all multicast interfaces port 5353 adopting fd 5, channel udp.receive",
     ]
 
 

@@ -210,6 +210,7 @@ async def test_past_max_concurrency_datagrams_are_dropped_not_queued(gateway, cl
         c.send(b"%d" % n, address)
     await eventually(lambda: service.counters.get("received") == 4, what="4 datagrams received")
     assert service.counters.get("dropped_concurrency") == 2
+    await eventually(lambda: apps.Slow.active == 2, what="both admitted calls running")  # then release them
     apps.Slow.release.set()
     replies = await c.receive(count=2)
     assert sorted(d for d, _ in replies) == [b"0", b"1"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import GatewayProcess
-from tests.support import skip_or_fail
+from tests.support import DEADLINE, skip_or_fail
 from tests.test_twistd import ECHO_APP, udp_exchange
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,3 +122,61 @@ def test_low_port_in_use_fails_before_privileges_drop(world_readable_install):
         assert not (run_dir / "twistd.pid").exists()
     finally:
         holder.close()
+
+
+def test_socket_activated_gateway_never_runs_as_root(world_readable_install):
+    """Started as nobody from the first instruction, the gateway serves a port below 1024 on a socket
+    root bound and passed as LISTEN_FDS (the exec wrapper does what systemd-socket-activate does)."""
+    top = world_readable_install
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=top))
+    run_dir.chmod(0o755)
+    port = free_low_port()
+    (run_dir / "echoapp.py").write_text(ECHO_APP)
+    config = run_dir / "gateway.yaml"
+    config.write_text(f"application: echoapp:application\nlisteners:\n"
+                      f"  - {{name: echo, type: plain, bind: 127.0.0.1, port: {port}}}\n")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", port))  # as root
+    venv = top / "venv" / "bin"
+    wrapper = ["setpriv", f"--reuid={USER}", f"--regid={GROUP}", "--clear-groups", "--",
+               venv / "python", top / "src" / "tests" / "listen_fds.py", str(sock.fileno()), "echo", "--"]
+    gateway = GatewayProcess(str(config), cwd=run_dir, twistd=venv / "twistd", twistd_options=["-n", "--pidfile="],
+                             env={"PYTHONPATH": ""}, pass_fds=[sock.fileno()], wrapper=wrapper)
+    try:
+        gateway.start()
+        sock.close()
+        uid, gid = _unprivileged_ids()
+        assert ids_of(gateway.pid) == ((uid, uid), (gid, gid))
+        assert gateway.listeners["echo"] == [("127.0.0.1", port)]
+        assert udp_exchange(port, b"low, unprivileged") == (b"low, unprivileged", ("127.0.0.1", port))
+        assert "set uid/gid" not in gateway.log_text()
+        assert gateway.stop(signum=signal.SIGTERM) == 0, gateway.log_text()
+    finally:
+        sock.close()
+        gateway.stop()
+
+
+def test_reload_cannot_bind_a_low_port_after_privileges_dropped(world_readable_install):
+    """Under -u nobody a reload adding a port below 1024 fails to bind and is rolled back; the rest serves."""
+    top = world_readable_install
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=top))
+    run_dir.chmod(0o755)
+    port = free_low_port()
+    (run_dir / "echoapp.py").write_text(ECHO_APP)
+    config = run_dir / "gateway.yaml"
+    listener = "  - {{name: {name}, type: plain, bind: 127.0.0.1, port: {port}}}\n"
+    config.write_text("application: echoapp:application\nlisteners:\n" + listener.format(name="echo", port=port))
+    gateway = GatewayProcess(str(config), cwd=run_dir, twistd=top / "venv" / "bin" / "twistd",
+                             twistd_options=["-n", "--pidfile=", "-u", USER, "-g", GROUP], env={"PYTHONPATH": ""})
+    try:
+        gateway.start()
+        other = free_low_port()
+        start = gateway.mark()
+        config.write_text(config.read_text() + listener.format(name="low", port=other))
+        gateway.send_signal(signal.SIGHUP)
+        line = gateway.wait_for("reload: rolled back", DEADLINE, start=start)
+        assert f"listener low: cannot bind 127.0.0.1:{other}: [Errno 13] Permission denied" in line
+        assert udp_exchange(port, b"still") == (b"still", ("127.0.0.1", port))
+        assert gateway.stop(signum=signal.SIGTERM) == 0, gateway.log_text()
+    finally:
+        gateway.stop()

@@ -1,14 +1,210 @@
-"""AppRunner units on the in-process memory layer: application calls, their slots and app_timeout."""
+"""gateway.runner without sockets: one message per instance, errors, admission in both modes, receive retries,
+app_timeout."""
 
 import asyncio
 
 import pytest
+from twisted.internet.task import Clock
 
 from gateway.layers import InMemoryChannelLayer
 from gateway.runner import AppRunner
 from gateway.stats import Counters, QuietLog
 from tests.support import aio
 
+CHANNEL = "udp.receive"
+
+
+def message(n, reply_channel="udp.send.test!t"):
+    return {"type": "udp.receive", "data": b"%d" % n, "reply_channel": reply_channel, "listener": "echo"}
+
+
+def make(app, layer=None, *, max_concurrency=10, reserve=False):
+    layer = layer if layer is not None else InMemoryChannelLayer(capacity=1000)
+    counters = Counters()
+    runner = AppRunner(app, layer, [CHANNEL], max_concurrency=max_concurrency, counters=counters,
+                       quiet=QuietLog(clock=Clock()), reserve=reserve)
+    return runner, layer, counters
+
+
+async def until(condition, timeout=5.0):
+    loop = asyncio.get_event_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
+
+class Gate:
+    """An application whose calls wait for `release`; records what each call got."""
+
+    def __init__(self):
+        self.release = asyncio.Event()
+        self.started = []
+        self.scopes = []
+
+    async def __call__(self, scope, receive, send):
+        self.scopes.append(scope)
+        received = await receive()
+        self.started.append(received["data"])
+        await self.release.wait()
+        await send({"type": "udp.send", "data": b"re:" + received["data"]})
+
+
+@aio
+async def test_second_receive_ends_the_instance_cleanly():
+    """An application looping on receive() handles one message per call; the second receive() ends it, no error."""
+    handled = []
+
+    async def looping(scope, receive, send):
+        while True:
+            got = await receive()
+            handled.append(got["data"])
+            await send({"type": "udp.send", "data": got["data"]})
+
+    runner, layer, counters = make(looping)
+    runner.start()
+    for n in range(3):
+        await layer.send(CHANNEL, message(n))
+    replies = [await asyncio.wait_for(layer.receive_single("udp.send.test!"), 5) for _ in range(3)]
+    await until(lambda: runner.active == 0)
+    runner.stop_receiving()
+    assert sorted(m["data"] for _, m in replies) == [b"0", b"1", b"2"]
+    assert sorted(handled) == [b"0", b"1", b"2"]
+    assert "app_errors" not in counters.snapshot()
+
+
+@aio
+async def test_scope_names_the_channel_and_the_layer():
+    """Each call gets a channel scope with the channel it came in on and the layer."""
+    app = Gate()
+    app.release.set()
+    runner, layer, _ = make(app)
+    runner.start()
+    await layer.send(CHANNEL, message(1))
+    await asyncio.wait_for(layer.receive_single("udp.send.test!"), 5)
+    runner.stop_receiving()
+    (scope,) = app.scopes
+    assert scope["type"] == "channel" and scope["channel"] == CHANNEL and scope["channel_layer"] is layer
+
+
+@aio
+async def test_an_application_error_is_counted_and_the_next_message_served():
+    """An exception in the application counts app_errors once, and the following message is still handled."""
+
+    async def app(scope, receive, send):
+        got = await receive()
+        if got["data"] == b"0":
+            raise RuntimeError("boom")
+        await send({"type": "udp.send", "data": got["data"]})
+
+    runner, layer, counters = make(app)
+    runner.start()
+    await layer.send(CHANNEL, message(0))
+    await layer.send(CHANNEL, message(1))
+    _, reply = await asyncio.wait_for(layer.receive_single("udp.send.test!"), 5)
+    await until(lambda: counters.get("app_errors") == 1)
+    runner.stop_receiving()
+    assert reply["data"] == b"1"
+
+
+@aio
+async def test_send_accepts_only_udp_send():
+    """The `send` callable answers with udp.send messages only; anything else is an application error."""
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start"})
+
+    runner, layer, counters = make(app)
+    runner.start()
+    await layer.send(CHANNEL, message(0))
+    await until(lambda: counters.get("app_errors") == 1)
+    runner.stop_receiving()
+
+
+@aio
+async def test_shared_mode_stops_receiving_at_max_concurrency():
+    """On a shared layer, with max_concurrency calls running, the runner takes no more messages: they stay in the layer."""
+    app = Gate()
+    runner, layer, _ = make(app, max_concurrency=2)
+    runner.start()
+    for n in range(4):
+        await layer.send(CHANNEL, message(n))
+    await until(lambda: len(app.started) == 2)
+    # Another consumer of the channel (a second worker) gets the next message at once.
+    other = await asyncio.wait_for(layer.receive(CHANNEL), 5)
+    assert other["data"] == b"2" and app.started == [b"0", b"1"]
+    app.release.set()
+    await until(lambda: len(app.started) == 3)
+    await until(lambda: runner.active == 0)
+    runner.stop_receiving()
+    assert app.started == [b"0", b"1", b"3"]
+
+
+@aio
+async def test_memory_mode_reserves_slots_up_to_max_concurrency():
+    """In memory mode slots are reserved before a send: past max_concurrency reserved or running, none is given."""
+    app = Gate()
+    runner, layer, _ = make(app, max_concurrency=2, reserve=True)
+    runner.start()
+    assert runner.try_reserve() and runner.try_reserve()
+    assert not runner.try_reserve()
+    await layer.send(CHANNEL, message(0))
+    await until(lambda: app.started == [b"0"])
+    assert not runner.try_reserve()  # one running, one reserved
+    runner.unreserve()
+    assert runner.try_reserve()
+    app.release.set()
+    await until(lambda: runner.active == 0)
+    runner.stop_receiving()
+
+
+@aio
+async def test_drain_cancels_calls_past_the_timeout():
+    """drain() waits for calls in flight, then cancels those still running; a cancelled call is no error."""
+    app = Gate()
+    runner, layer, counters = make(app)
+    runner.start()
+    await layer.send(CHANNEL, message(0))
+    await until(lambda: app.started == [b"0"])
+    runner.stop_receiving()
+    await runner.drain(0.01)
+    assert runner.active == 0
+    assert "app_errors" not in counters.snapshot()
+
+
+class BrokenLayer(InMemoryChannelLayer):
+    """Receives fail `failures` times (Redis down), then work."""
+
+    def __init__(self, failures):
+        super().__init__()
+        self.failures = failures
+        self.attempts = []
+
+    async def receive(self, channel):
+        self.attempts.append(asyncio.get_event_loop().time())
+        if len(self.attempts) <= self.failures:
+            raise ConnectionError("Connection refused")
+        return await super().receive(channel)
+
+
+@aio
+async def test_failed_receive_counts_layer_errors_and_retries_after_a_second():
+    """A failing receive counts layer_errors and is retried about a second later, not in a tight loop."""
+    app = Gate()
+    app.release.set()
+    layer = BrokenLayer(failures=2)
+    runner, _, counters = make(app, layer)
+    runner.start()
+    await layer.send(CHANNEL, message(7))
+    await until(lambda: app.started == [b"7"], timeout=10)
+    runner.stop_receiving()
+    assert counters.get("layer_errors") == 2
+    first, second, third = layer.attempts[:3]  # two failures, then the receive that got the message
+    assert second - first >= 0.9 and third - second >= 0.9, layer.attempts
+
+
+# app_timeout
 
 def hanging_app(handled, *, on_cancel=None):
     """Never returns for b"hang"; records any other message's data."""

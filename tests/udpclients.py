@@ -154,3 +154,18 @@ class Clients:
             if time.monotonic() > deadline:
                 break
         raise AssertionError(f"nothing answered at {address} within {timeout}s")
+
+
+def socket_queue(port, host="127.0.0.1"):
+    """(bytes waiting, datagrams dropped) of the UDP socket bound to host:port, from /proc/net/udp.
+
+    Lets a test wait until a process has read everything sent to it, and see
+    whether the kernel dropped any of it for want of receive buffer.
+    """
+    local = "%s:%04X" % ("".join("%02X" % b for b in reversed(socket.inet_aton(host))), port)
+    with open("/proc/net/udp") as table:
+        for line in list(table)[1:]:
+            fields = line.split()
+            if fields[1] == local:
+                return int(fields[4].split(":")[1], 16), int(fields[-1])
+    raise LookupError(f"no UDP socket bound to {host}:{port}")

@@ -96,6 +96,8 @@ class Checker:
         path = ("listeners", index)
         table, foreign = listener_table(raw)
         values = self.walker.table(table, raw, path, foreign=foreign)
+        if "bind" in values and values["bind"] is None:  # optional with fd
+            del values["bind"]
         kind = values.get("type")
         if kind in ("plain", "connected") and "bind" in values:
             self._bind(values, path)
@@ -112,7 +114,9 @@ class Checker:
 
     def _bind(self, values, path):
         spec, where = values.pop("bind"), (*path, "bind")
-        if ip(spec) is not None:
+        if ip(spec) is not None and values.get("fd") is not None:
+            bind = (str(ip(spec)),)  # only compared with the adopted socket (FreeBind= may bind it early)
+        elif ip(spec) is not None:
             bind = self._bind_address(spec, where)
         else:
             values["bind_interface"] = spec

@@ -22,7 +22,14 @@ class Problem:
 
     def __str__(self):
         """`file: key: message`, or `file: message` for file-level problems (callers mark warnings)."""
-        return f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
+        text = f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
+        return text if text.isprintable() else _one_line(text)
+
+
+def _one_line(text):
+    """Control characters and line breaks written as escapes: a key or value from the file may hold them,
+    and a problem is one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def errors(problems):
@@ -64,7 +71,7 @@ class ListenerConfig:
 
     name: str
     type: str
-    port: int
+    port: int | None = None  # None only with `fd`: the adopted socket's port
     channel: str = DEFAULT_CHANNEL
     bind: tuple[str, ...] = ()
     bind_interface: str | None = None
@@ -82,6 +89,7 @@ class ListenerConfig:
     amplification: float | None = 10.0
     rcvbuf: int = RECEIVE_BUFFER
     sndbuf: int | None = None
+    fd: int | None = None  # adopt this already-bound socket instead of binding
 
 
 @dataclass(frozen=True)

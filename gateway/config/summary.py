@@ -15,19 +15,20 @@ def _describe_listener(listener):
     """`name: kind where port N[ to remote], channel C[, send_channel S]`, then what differs from defaults."""
     if listener.type == "multicast":
         where = ", ".join(listener.interfaces) or "all multicast interfaces"
-        text = f"{listener.name}: multicast {', '.join(listener.groups)} on {where} port {listener.port}"
+        text = f"{listener.name}: multicast {', '.join(listener.groups)} on {where}{_port_text(listener)}"
         if listener.sources:
             text += f" from {', '.join(listener.sources)}"
     else:
         where = ", ".join(listener.bind)
         if listener.bind_interface and listener.bind != (listener.bind_interface,):
             where = f"{listener.bind_interface} ({where})"
-        port = f"{listener.port} (ephemeral)" if listener.port == 0 else str(listener.port)
-        text = f"{listener.name}: {listener.type} on {where} port {port}"
+        text = f"{listener.name}: {listener.type}{_adopting(listener)} on {where or 'its socket'}{_port_text(listener)}"
         if listener.remote:
             text += f" to {_host_port(listener.remote.host, listener.remote.port)}"
         if listener.reuse_port:
             text += ", reuse_port"
+    if listener.type == "multicast":
+        text += _adopting(listener)
     text += f", channel {listener.channel}"
     if listener.send_channel:
         text += f", send_channel {listener.send_channel}"
@@ -50,6 +51,17 @@ def _traffic(listener):
         yield f"rcvbuf {listener.rcvbuf}"
     if listener.sndbuf is not None:
         yield f"sndbuf {listener.sndbuf}"
+
+
+def _port_text(listener):
+    if listener.port is None:
+        return ""  # an adopted socket's, whatever it is
+    ephemeral = listener.port == 0 and listener.type != "multicast"
+    return f" port {listener.port} (ephemeral)" if ephemeral else f" port {listener.port}"
+
+
+def _adopting(listener):
+    return "" if listener.fd is None else f" adopting fd {listener.fd}"
 
 
 def _host_port(host, port):

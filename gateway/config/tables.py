@@ -39,7 +39,9 @@ COMMON = {
     "type": Key(str, required=True, check=one_of(*KINDS)),
     "port": Key(int, required=True, check=in_range(0, 65535)),
     "channel": Key(str, default=DEFAULT_CHANNEL, check=channel_name),
+    "fd": Key(int, check=at_least(0)),
 }
+_OPTIONAL_WITH_FD = ("bind", "port")  # an adopted socket is bound already: given, they must match it
 _SOCKET = {
     "bind": Key(str, required=True, check=interface_spec),
     "reuse_port": Key(bool, default=False),
@@ -118,7 +120,11 @@ def listener_table(raw):
         for key in table.keys() - TABLES[kind].keys():
             owners = " or ".join(k for k in KINDS if key in TABLES[k])
             foreign[key] = FOREIGN.get((kind, key), f"{key} needs a {owners} listener")
-    return TABLES[kind], foreign
+    table = TABLES[kind]
+    if raw.get("fd") is not None:
+        table = {key: replace(spec, required=False) if key in _OPTIONAL_WITH_FD else spec
+                 for key, spec in table.items()}
+    return table, foreign
 
 
 def as_floats(table, values):

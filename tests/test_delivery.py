@@ -1,0 +1,217 @@
+"""gateway.delivery without sockets: readiness, the bounded queue of layer sends, admission, layer failures."""
+
+import asyncio
+
+from twisted.internet.task import Clock
+
+from gateway.delivery import SEND_QUEUE, Delivery
+from gateway.layers import BoundedLayer, ChannelFull, InMemoryChannelLayer
+from gateway.runner import AppRunner
+from gateway.stats import Counters, QuietLog
+from gateway.tokens import TokenTable
+from listeners.base import Datagram, Route
+from tests.support import aio
+
+PREFIX = "udp.send.test!"
+
+
+def datagram(data=b"x", client=("192.0.2.7", 40312)):
+    return Datagram(listener="echo", data=data, client=client, server=("127.0.0.1", 9999), interface="lo",
+                    route=Route(port=0, address=client), version=4)
+
+
+def make(layer=None, *, senders=4, runner=None):
+    layer = layer if layer is not None else InMemoryChannelLayer(capacity=10000)
+    counters = Counters()
+    delivery = Delivery(layer, TokenTable(max_entries=100, ttl=60, clock=Clock()), PREFIX, {"echo": "udp.receive"},
+                        senders=senders, counters=counters, quiet=QuietLog(clock=Clock()), runner=runner)
+    return delivery, layer, counters
+
+
+class HeldLayer:
+    """A layer whose sends wait until `release` is set (a Redis that does not answer)."""
+
+    def __init__(self):
+        self.release = asyncio.Event()
+        self.sent = []
+        self.waiting = 0
+
+    async def send(self, channel, message):
+        self.waiting += 1
+        await self.release.wait()
+        self.waiting -= 1
+        self.sent.append((channel, message))
+
+
+class FailingLayer:
+    """A layer whose every send raises `error`."""
+
+    def __init__(self, error):
+        self.error = error
+
+    async def send(self, channel, message):
+        raise self.error
+
+
+async def until(condition, timeout=5.0):
+    """Wait (bounded) until condition() holds, yielding to the loop in between."""
+    loop = asyncio.get_event_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0)
+
+
+@aio
+async def test_datagram_before_ready_is_dropped_not_ready():
+    """Until the gateway is ready a datagram is counted as received and dropped_not_ready, and never sent."""
+    delivery, layer, counters = make()
+    delivery.start()
+    delivery(datagram(b"early"))
+    assert counters.snapshot() == {"received": 1, "dropped_not_ready": 1}
+    delivery.ready = True
+    delivery(datagram(b"marker"))
+    first = await asyncio.wait_for(layer.receive("udp.receive"), 5)
+    await delivery.flush()
+    delivery.stop()
+    assert first["data"] == b"marker"
+
+
+@aio
+async def test_ready_datagram_becomes_udp_receive_with_a_reply_channel():
+    """A datagram becomes one udp.receive message on its listener's channel with a reply channel under the prefix."""
+    delivery, layer, counters = make()
+    delivery.start()
+    delivery.ready = True
+    delivery(datagram(b"hello"))
+    message = await asyncio.wait_for(layer.receive("udp.receive"), 5)
+    await delivery.flush()
+    delivery.stop()
+    assert message["type"] == "udp.receive" and message["data"] == b"hello"
+    assert message["client"] == ["192.0.2.7", 40312] and message["server"] == ["127.0.0.1", 9999]
+    assert (message["listener"], message["interface"]) == ("echo", "lo")
+    assert message["reply_channel"].startswith(PREFIX) and len(message["reply_channel"]) > len(PREFIX)
+    assert counters.snapshot() == {"received": 1}
+
+
+@aio
+async def test_one_client_keeps_one_reply_channel():
+    """Later datagrams from the same client carry the same reply channel; another client gets another."""
+    delivery, layer, _ = make()
+    delivery.start()
+    delivery.ready = True
+    for client in (("192.0.2.7", 1), ("192.0.2.7", 1), ("192.0.2.8", 1)):
+        delivery(datagram(client=client))
+    channels = [(await asyncio.wait_for(layer.receive("udp.receive"), 5))["reply_channel"] for _ in range(3)]
+    await delivery.flush()
+    delivery.stop()
+    assert channels[0] == channels[1] != channels[2]
+
+
+@aio
+async def test_send_queue_holds_1000_datagrams_then_drops_the_arriving_one():
+    """While the layer does not answer, 1,000 datagrams wait for a send; the next ones are dropped_queue_full."""
+    layer = HeldLayer()
+    delivery, _, counters = make(layer, senders=1)
+    delivery.start()
+    delivery.ready = True
+    delivery(datagram(b"in flight"))
+    await until(lambda: layer.waiting == 1)
+    for n in range(SEND_QUEUE + 5):
+        delivery(datagram(b"%d" % n))
+    assert SEND_QUEUE == 1000
+    assert counters.get("dropped_queue_full") == 5
+    layer.release.set()
+    await until(lambda: len(layer.sent) == 1 + SEND_QUEUE)
+    await delivery.flush()
+    delivery.stop()
+    assert [m["data"] for _, m in layer.sent[:2]] == [b"in flight", b"0"]
+    assert layer.sent[-1][1]["data"] == b"%d" % (SEND_QUEUE - 1)
+    assert counters.snapshot() == {"received": SEND_QUEUE + 6, "dropped_queue_full": 5}
+
+
+@aio
+async def test_layer_sends_in_flight_bounded_by_the_layer():
+    """With a BoundedLayer, no more than max_layer_sends sends are in flight, whatever the number of senders."""
+    held = HeldLayer()
+    delivery, _, _ = make(BoundedLayer(held, 3), senders=10)
+    delivery.start()
+    delivery.ready = True
+    for n in range(10):
+        delivery(datagram(b"%d" % n))
+    await until(lambda: held.waiting == 3)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert held.waiting == 3
+    held.release.set()
+    await until(lambda: len(held.sent) == 10)
+    await delivery.flush()
+    delivery.stop()
+
+
+@aio
+async def test_layer_failures_are_counted_by_kind():
+    """A send refused as ChannelFull counts dropped_channel_full; any other failure dropped_layer_error."""
+    for error, counter in ((ChannelFull("udp.receive"), "dropped_channel_full"),
+                           (ConnectionError("Redis went away"), "dropped_layer_error")):
+        delivery, _, counters = make(FailingLayer(error))
+        delivery.start()
+        delivery.ready = True
+        delivery(datagram())
+        delivery(datagram())
+        await until(lambda: counters.get(counter) == 2)
+        await delivery.flush()
+        delivery.stop()
+        assert counters.snapshot() == {"received": 2, counter: 2}
+
+
+@aio
+async def test_memory_mode_admission_drops_past_max_concurrency():
+    """In memory mode a datagram needs a free application slot; past max_concurrency it is dropped_concurrency."""
+    layer = InMemoryChannelLayer(capacity=100)
+    counters = Counters()
+    runner = AppRunner(None, layer, ["udp.receive"], max_concurrency=2, counters=counters,
+                       quiet=QuietLog(clock=Clock()), reserve=True)
+    delivery, _, counters = make(layer, runner=runner)
+    delivery.start()
+    delivery.ready = True
+    for n in range(3):
+        delivery(datagram(b"%d" % n))
+    received = [await asyncio.wait_for(layer.receive("udp.receive"), 5) for _ in range(2)]
+    await delivery.flush()
+    delivery.stop()
+    assert [m["data"] for m in received] == [b"0", b"1"]
+    assert counters.snapshot() == {"received": 3, "dropped_concurrency": 1}
+
+
+@aio
+async def test_a_failed_send_gives_its_slot_back():
+    """In memory mode a datagram whose send failed frees its application slot for the next one."""
+    counters = Counters()
+    runner = AppRunner(None, InMemoryChannelLayer(), ["udp.receive"], max_concurrency=1, counters=counters,
+                       quiet=QuietLog(clock=Clock()), reserve=True)
+    delivery, _, counters = make(FailingLayer(ConnectionError("down")), runner=runner)
+    delivery.start()
+    delivery.ready = True
+    for n in range(3):
+        delivery(datagram())
+        await until(lambda: counters.get("dropped_layer_error") == n + 1)
+    await delivery.flush()
+    delivery.stop()
+    assert "dropped_concurrency" not in counters.snapshot()
+
+
+@aio
+async def test_stop_flushes_queued_sends_then_refuses_datagrams():
+    """stop() lets queued messages reach the layer; datagrams arriving after it are dropped_not_ready."""
+    delivery, layer, counters = make(senders=1)
+    delivery.start()
+    delivery.ready = True
+    for n in range(5):
+        delivery(datagram(b"%d" % n))
+    await delivery.flush()
+    delivery.stop()
+    delivery(datagram(b"late"))
+    got = [(await asyncio.wait_for(layer.receive("udp.receive"), 5))["data"] for _ in range(5)]
+    assert got == [b"0", b"1", b"2", b"3", b"4"]
+    assert counters.snapshot() == {"received": 6, "dropped_not_ready": 1}
