@@ -70,3 +70,13 @@ def test_make_budget_none_when_every_listener_is_uncapped():
     budget = make_budget([ListenerConfig(name="a", type="plain", port=0),
                           ListenerConfig(name="b", type="plain", port=0, amplification=None)])
     assert budget.factors == {"a": 10.0}
+
+
+def test_set_factors_keeps_the_accounting():
+    """A reload's new factors apply to later datagrams; credit already earned stays."""
+    budget = ReplyBudget({"echo": 1, "other": 1})
+    budget.received("t", "echo", 10)
+    budget.set_factors({"echo": 3, "other": None})
+    budget.received("t", "echo", 10)
+    assert budget.spend("t", "echo", 40) and not budget.spend("t", "echo", 1)
+    assert budget.spend("u", "other", 1000)
