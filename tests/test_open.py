@@ -209,6 +209,35 @@ def test_multicast_replies_are_not_capped(pair, run_gateway):
     assert [(len(r["data"]), r["dst"]) for r in replies] == [(1000, group)] * 5
 
 
+def test_reload_applies_new_source_rules(tmp_path, processes):
+    """A SIGHUP that changes a listener's deny and amplification rebinds it with the new rules;
+    a listener left alone keeps its rules and its clients' reply channels."""
+    from tests.test_reload import last_port, reload_with
+
+    def text(deny, factor):
+        return ("application: tests.apps:amplifier\nlisteners:\n"
+                f"  - {{name: guarded, type: plain, bind: 127.0.0.1, port: 0, deny: [{deny}], amplification: {factor}}}\n"
+                "  - {name: kept, type: plain, bind: 127.0.0.1, port: 0, amplification: 2}\n")
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text("127.0.0.1", 10))
+    gateway = processes.start(GatewayProcess(str(path)))
+    with udp("127.0.0.1") as client:
+        kept = ("127.0.0.1", gateway.port("kept"))
+        client.sendto(request("flood 1 34"), kept)  # factor 2: credit 68, 34 of it used
+        assert client.recv(100) == b"\0\0\0\0" + b"x" * 30
+        client.sendto(b"denied", ("127.0.0.1", gateway.port("guarded")))
+        reload_with(gateway, path, text("127.0.0.2", 1), "reload: rebound guarded, unchanged kept")
+        guarded = ("127.0.0.1", last_port(gateway, "guarded"))
+        assert until_marker(client, guarded, b"served now") == []
+        client.sendto(b"flood 2 10", guarded)  # factor 1 now: these 10 bytes buy one 10-byte reply, not two
+        assert until_marker(client, guarded, b"marker") == [b"\0\0\0\0" + b"x" * 6]
+        client.sendto(b"flood 2 17", kept)  # 34 left from before the reload + 2 x 10: both replies of 17 fit
+        assert [client.recv(100) for _ in range(2)] == [b"\0\0\0\0" + b"x" * 13, b"\0\0\0\1" + b"x" * 13]
+    assert gateway.stop() == 0
+    assert "dropped_denied=1" in gateway.log_text()
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
