@@ -216,7 +216,8 @@ def test_reload_applies_new_source_rules(tmp_path, processes):
 
     def text(deny, factor):
         return ("application: tests.apps:amplifier\nlisteners:\n"
-                f"  - {{name: guarded, type: plain, bind: 127.0.0.1, port: 0, deny: [{deny}], amplification: {factor}}}\n"
+                f"  - {{name: guarded, type: plain, bind: 127.0.0.1, port: 0, deny: [{deny}], "
+                f"amplification: {factor}}}\n"
                 "  - {name: kept, type: plain, bind: 127.0.0.1, port: 0, amplification: 2}\n")
 
     path = tmp_path / "gateway.yaml"
