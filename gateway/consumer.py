@@ -5,6 +5,7 @@ import functools
 from gateway.messages import SEND_TYPE
 
 
+@functools.lru_cache(maxsize=256)  # a handful of message types, looked up per message
 def handler_name(message_type):
     """Channels' rule: `udp.receive` is handled by `udp_receive`."""
     name = message_type.replace(".", "_")

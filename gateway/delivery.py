@@ -1,4 +1,4 @@
-"""Datagram → `udp.receive` on the layer: tokens, readiness, a bounded queue of layer sends."""
+"""Datagram → `udp.receive`: tokens, readiness, admission; straight to the app, or a bounded queue of layer sends."""
 
 import asyncio
 
@@ -10,22 +10,26 @@ NOT_READY = "datagram arrived before startup completed or during stop"
 
 
 class Delivery:
-    """The listeners' sink: turns each Datagram into a message and sends it, bounded.
+    """The listeners' sink: turns each Datagram into a message and delivers it, bounded.
 
-    Sends run in `senders` worker tasks pulling from one bounded queue; the
-    layer itself is a BoundedLayer, so they share `max_layer_sends` with the
-    application's own sends.
+    With `runner` (the memory layer, the application in this process) the
+    message goes straight to a new application instance, started at once, if
+    `admission` has a free slot; else the datagram is dropped and counted. The
+    application sees exactly what the layer would have handed it. Otherwise
+    sends run in `senders` tasks pulling from one bounded queue; the layer is a
+    BoundedLayer, so they share `max_layer_sends` with the application's sends.
     """
 
     def __init__(self, layer, tokens, prefix, channels, *, senders, counters, quiet, runner=None,
-                 on_token=None, budget=None, queue_size=SEND_QUEUE):
+                 admission=None, on_token=None, budget=None, queue_size=SEND_QUEUE):
         self.layer = layer
         self.tokens = tokens
         self.prefix = prefix
         self.channels = channels  # listener name -> channel
         self.counters = counters
         self.quiet = quiet
-        self.runner = runner      # set in memory mode: reserve a slot or drop
+        self.runner = runner      # set in memory mode: hand messages to it directly
+        self.admission = admission
         self.on_token = on_token
         self.budget = budget      # the amplification cap's accounting (ReplyBudget), or None
         self.ready = False
@@ -34,7 +38,8 @@ class Delivery:
         self._tasks = []
 
     def start(self):
-        self._tasks = [asyncio.ensure_future(self._send_loop()) for _ in range(self._senders)]
+        if self.runner is None:
+            self._tasks = [asyncio.ensure_future(self._send_loop()) for _ in range(self._senders)]
 
     async def flush(self, timeout=1.0):
         """Give queued messages a moment to reach the layer."""
@@ -55,24 +60,29 @@ class Delivery:
         if not self.ready:
             self._drop("not_ready", NOT_READY, datagram.listener)
             return
-        if self.runner is not None and not self.runner.try_reserve():
+        if self.runner is not None and not self.admission.try_acquire():
             self._drop("concurrency", "max_concurrency application calls are running", datagram.listener)
             return
-        token = self.tokens.token_for((datagram.listener, datagram.client),
-                                      (datagram.listener, datagram.version, datagram.route))
+        message = self._message(datagram)
+        channel = self.channels[datagram.listener]
+        if self.runner is not None:
+            self.runner.run(channel, message)
+            return
+        try:
+            self._queue.put_nowait((channel, message))
+        except asyncio.QueueFull:
+            self._drop("queue_full", "the queue of layer sends is full", datagram.listener)
+
+    def _message(self, datagram):
+        token = self.tokens.token_for((datagram.listener, datagram.client), stored_route(datagram))
         if self.on_token is not None:
             self.on_token(token)
         if self.budget is not None:
             self.budget.received(token, datagram.listener, len(datagram.data))
-        message = build_receive(
+        return build_receive(
             data=datagram.data, client=datagram.client, server=datagram.server,
             listener=datagram.listener, reply_channel=self.prefix + token, interface=datagram.interface,
         )
-        try:
-            self._queue.put_nowait((self.channels[datagram.listener], message))
-        except asyncio.QueueFull:
-            self._unreserve()
-            self._drop("queue_full", "the queue of layer sends is full", datagram.listener)
 
     async def _send_loop(self):
         while True:
@@ -82,18 +92,26 @@ class Delivery:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._unreserve()
                 reason = "channel_full" if type(exc).__name__ == "ChannelFull" else "layer_error"
                 self._drop(reason, f"sending to {channel} failed: {error_text(exc)}", message["listener"])
             finally:
                 self._queue.task_done()
 
-    def _unreserve(self):
-        if self.runner is not None:
-            self.runner.unreserve()
-
     def _drop(self, reason, why, listener):
         drop(self.counters, self.quiet, reason, why, listener=listener)
+
+
+def stored_route(datagram):
+    """(listener, IP version, *route fields) as the token table keeps it: one flat tuple of plain values.
+
+    Plain (not the Route namedtuple) so the collector stops tracking it, and
+    without the fields a reply from the routing table's choice leaves at their
+    defaults: 100,000 reply channels hold a few tens of MB, not more.
+    """
+    route = datagram.route
+    if route.source is None and not route.ifindex and route.group is None and not route.arrived_on:
+        return (datagram.listener, datagram.version, route.port, route.address)
+    return (datagram.listener, datagram.version, *route)
 
 
 def drop(counters, quiet, reason, why, *, listener=None):

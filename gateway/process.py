@@ -9,7 +9,7 @@ from twisted.logger import Logger
 
 from gateway import health, metrics
 from gateway.lifespan import LifespanFailure
-from gateway.stats import CounterReporter, Counters, QuietLog, summary_line
+from gateway.stats import CounterReporter, Counters, QuietLog, log_summary
 
 log = Logger()
 DRAIN_TIMEOUT = 5.0     # seconds in-flight application calls get at stop
@@ -195,7 +195,7 @@ class AsyncService(service.Service):
         elif sig == signal.SIGHUP:
             self.on_sighup()
         elif sig == signal.SIGUSR1:
-            log.info("received SIGUSR1: {summary}", summary=summary_line(self.counters))
+            log_summary(log, self.counters, "received SIGUSR1: ")
         else:
             log.info("received {sig}: ignored", sig=sig.name)
 

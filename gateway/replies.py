@@ -8,7 +8,7 @@ from gateway.health import error_text
 from gateway import redislayer
 from gateway.layers import has_prefix_receive
 from gateway.messages import BadReply, validate_send
-from listeners.base import BadRoute
+from listeners.base import BadRoute, Route
 
 log = Logger()
 _RETRY_DELAY = 1.0
@@ -140,7 +140,7 @@ class ReplyPump:
         entry = self.tokens.lookup(token) if token else None
         if entry is None:
             raise BadReply("unknown_token", "unknown or expired reply channel")
-        name, version, route = entry
+        name, version = entry[0], entry[1]
         data, multicast = validate_send(message, version=version)
         listener = self.listeners.get(name)
         if listener is None or not listener.running:
@@ -148,4 +148,35 @@ class ReplyPump:
         if not multicast and self.budget is not None and not self.budget.spend(token, name, len(data)):
             raise BadReply("amplification", "the reply channel's replies would exceed amplification x the "
                            "bytes its client sent")
+        route = Route(*entry[2:])  # delivery.stored_route: the fields, the trailing defaults left out
         return name if listener.send_reply(route, data, multicast) else None
+
+
+class DirectReplies:
+    """The layer as the application sees it on the memory layer: its own replies skip the queue.
+
+    A send to one of this process's reply channels is checked as the layer
+    checks it (name, dict) and handed to the pump, which validates and writes it
+    before send() returns: no event-loop hop, and no shared queue whose capacity
+    one call's many replies could exhaust for every other client. Everything
+    else (other channels, groups, receive) is the layer's own behaviour.
+    """
+
+    def __init__(self, layer, pump):
+        self.inner = layer
+        self._pump = pump
+        self._prefix = pump.prefix
+        self._check_name = layer.require_valid_channel_name
+
+    def __getattr__(self, name):
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def send(self, channel, message):
+        if isinstance(channel, str) and channel.startswith(self._prefix):
+            assert isinstance(message, dict), "message is not a dict"
+            self._check_name(channel)
+            self._pump.handle(channel, message)
+            return
+        await self.inner.send(channel, message)

@@ -1,4 +1,4 @@
-"""Run the ASGI application for each message of the listeners' channels, bounded in concurrency."""
+"""Run the ASGI application once per message of the listeners' channels, bounded by one Admission."""
 
 import asyncio
 
@@ -7,6 +7,7 @@ from twisted.python.failure import Failure
 
 from gateway import redislayer
 from gateway.clock import MONOTONIC
+from gateway.eager import start_task
 from gateway.health import error_text
 from gateway.messages import SEND_TYPE
 
@@ -14,21 +15,32 @@ log = Logger()
 _RETRY_DELAY = 1.0  # after a failed layer receive (Redis down), before trying again
 
 
-class _Instance:
-    """One application call: its message, its own task, and whether it ended itself."""
+class InstanceEnded(BaseException):
+    """Raised by an instance's second receive(): its call ends there, cleanly.
 
-    def __init__(self, message):
+    Channels' AsyncConsumer ends on StopConsumer the same way. A BaseException,
+    like the CancelledError it replaces, so `except Exception` in an application
+    does not swallow it; ending needs no cancel round trip through the loop.
+    """
+
+
+class _Instance:
+    """One application call: its message, first from receive(); the second receive() ends it."""
+
+    __slots__ = ("message", "layer", "task", "delivered", "timer", "timed_out", "started")
+
+    def __init__(self, message, layer):
         self.message = message
-        self.task = None
-        self.timer = None       # the app_timeout handle, cancelled when the call ends
+        self.layer = layer
+        self.task = None        # set only while the call waits (an eager call may end before)
         self.delivered = False
-        self.ended = False
+        self.timer = None       # the app_timeout handle, cancelled when the call ends
         self.timed_out = False
         self.started = MONOTONIC.seconds()
 
     def time_out(self):
         """Cancel a call that ran past app_timeout (told apart from other cancels by `timed_out`)."""
-        if not self.task.done() and not self.ended:
+        if self.task is not None and not self.task.done():
             self.timed_out = True
             self.task.cancel()
 
@@ -36,53 +48,49 @@ class _Instance:
         if not self.delivered:
             self.delivered = True
             return self.message
-        # A second receive() ends the instance: one message per instance.
-        self.ended = True
-        self.task.cancel()
-        await asyncio.Future()
+        raise InstanceEnded()  # a new one each time: a shared instance would grow its traceback
+
+    async def send(self, reply):
+        """ASGI-style convenience: a udp.send through `send` answers this message."""
+        if not isinstance(reply, dict) or reply.get("type") != SEND_TYPE:
+            raise ValueError(f"send() takes udp.send messages, not {reply!r:.80}")
+        await self.layer.send(self.message["reply_channel"], reply)
 
 
 class AppRunner:
-    """Consumes channels from a layer and calls `app(scope, receive, send)` per message.
+    """Calls `app(scope, receive, send)` with a fresh instance per message.
 
-    `reserve=True` is the in-process memory-layer mode: the gateway reserves a
-    slot before it sends a datagram to the layer and drops it when none is
-    free, so nothing queues in front of the application. Otherwise each
-    receive loop takes a slot before receiving, so a busy process stops
-    receiving and other workers take the load.
+    Messages come two ways. `run()` starts one at once: the gateway's delivery
+    on the memory layer, with a slot already taken by `admission.try_acquire()`.
+    Receive loops take them from the layer: with `wait_before_receive` (a worker,
+    a gateway on a shared layer) a loop waits for a slot before it receives, so a
+    busy process stops receiving; otherwise it receives, then waits for a slot.
+    Instances start eagerly: each runs until it first waits, with no loop hop.
+    A call still running `app_timeout` seconds after that is cancelled and counted.
     """
 
-    def __init__(self, app, layer, channels, *, max_concurrency, counters, quiet, reserve=False, app_timeout=None):
+    def __init__(self, app, layer, channels, *, admission, counters, quiet, app_layer=None,
+                 wait_before_receive=True, app_timeout=None):
         self.app = app
         self.app_timeout = app_timeout  # seconds, or None: calls may run for ever
         self.layer = layer
+        self.app_layer = app_layer if app_layer is not None else layer  # what scope["channel_layer"] is
         self.channels = list(dict.fromkeys(channels))
-        self.max_concurrency = max_concurrency
+        self.admission = admission
         self.counters = counters
         self.quiet = quiet
-        self.reserve_mode = reserve
+        self.wait_before_receive = wait_before_receive
         self._receive = redislayer.receiver(layer)
-        self._reserved = 0
-        self._slots = None
         self._loops = []
         self._instances = set()
+        self._loop = None
 
     @property
     def active(self):
         return len(self._instances)
 
-    def try_reserve(self):
-        """Take a slot for a message about to be sent to the layer (memory mode)."""
-        if self._reserved + len(self._instances) >= self.max_concurrency:
-            return False
-        self._reserved += 1
-        return True
-
-    def unreserve(self):
-        self._reserved = max(0, self._reserved - 1)
-
     def start(self):
-        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._loop = asyncio.get_event_loop()
         self._loops = [asyncio.ensure_future(self._receive_loop(c)) for c in self.channels]
 
     def consume(self, channel):
@@ -90,7 +98,7 @@ class AppRunner:
         if channel in self.channels:
             return
         self.channels.append(channel)
-        if self._slots is not None:
+        if self._loop is not None:  # started: receive it from now on
             self._loops.append(asyncio.ensure_future(self._receive_loop(channel)))
 
     def stop_receiving(self):
@@ -98,9 +106,20 @@ class AppRunner:
             loop.cancel()
         self._loops = []
 
+    def run(self, channel, message):
+        """Start one instance for `message` (its slot already taken); it runs now until it first waits."""
+        instance = _Instance(message, self.app_layer)
+        scope = {"type": "channel", "channel": channel, "channel_layer": self.app_layer}
+        self._instances.add(instance)
+        task = start_task(self._call(scope, instance), self._loop or asyncio.get_event_loop())
+        if not task.done():
+            instance.task = task
+            if self.app_timeout is not None:  # one timer handle per waiting call, no wait_for wrapper task
+                instance.timer = task.get_loop().call_later(self.app_timeout, instance.time_out)
+
     async def drain(self, timeout):
         """Wait up to `timeout` seconds for in-flight calls, then cancel the rest."""
-        pending = [i.task for i in self._instances]
+        pending = [i.task for i in self._instances if i.task is not None]
         if pending:
             _done, late = await asyncio.wait(pending, timeout=timeout)
             for task in late:
@@ -111,69 +130,58 @@ class AppRunner:
 
     async def _receive_loop(self, channel):
         while True:
-            if not self.reserve_mode:
-                await self._slots.acquire()
+            if self.wait_before_receive:
+                await self.admission.acquire()
             try:
                 message = await self._receive(channel)
             except asyncio.CancelledError:
-                self._release_slot()
+                self._release_early()
                 raise
             except Exception as exc:
-                self._release_slot()
+                self._release_early()
                 self.counters.incr("layer_errors")
                 self.quiet.warn(f"receive-{channel}", "receiving from {channel} failed: {err}",
                                 channel=channel, err=error_text(exc))
                 await asyncio.sleep(_RETRY_DELAY)
                 continue
-            if self.reserve_mode:
-                self.unreserve()
-            self.spawn(channel, message)
+            if not self.wait_before_receive:
+                await self.admission.acquire()
+            self.run(channel, message)
 
-    def _release_slot(self):
-        if not self.reserve_mode:
-            self._slots.release()
-
-    def spawn(self, channel, message):
-        """Start one application instance for `message`."""
-        scope = {"type": "channel", "channel": channel, "channel_layer": self.layer}
-        instance = _Instance(message)
-        instance.task = asyncio.ensure_future(self._call(scope, instance))
-        self._instances.add(instance)
-        if self.app_timeout is not None:
-            # One timer handle per call, no wait_for wrapper task.
-            instance.timer = asyncio.get_event_loop().call_later(self.app_timeout, instance.time_out)
-        instance.task.add_done_callback(lambda task: self._finished(instance, task))
+    def _release_early(self):
+        if self.wait_before_receive:
+            self.admission.release()
 
     async def _call(self, scope, instance):
-        async def send(reply):
-            # ASGI-style convenience: a udp.send through `send` answers this message.
-            if not isinstance(reply, dict) or reply.get("type") != SEND_TYPE:
-                raise ValueError(f"send() takes udp.send messages, not {reply!r:.80}")
-            await self.layer.send(instance.message["reply_channel"], reply)
+        try:
+            await self.app(scope, instance.receive, instance.send)
+        except InstanceEnded:
+            pass  # the second receive(): a clean end
+        except asyncio.CancelledError:
+            if not instance.timed_out:
+                raise
+            self._timed_out(instance)  # our own cancel: the call ends here
+        except Exception as exc:
+            # An app that answers the timeout's cancel by raising still timed out.
+            self._timed_out(instance) if instance.timed_out else self._failed(instance, exc)
+        finally:
+            self._ended(instance)
 
-        await self.app(scope, instance.receive, send)
-
-    def _finished(self, instance, task):
+    def _ended(self, instance):
         self.counters.call_time.observe(MONOTONIC.seconds() - instance.started)
         self._instances.discard(instance)
-        self._release_slot()
         if instance.timer is not None:
             instance.timer.cancel()
-        if instance.timed_out:
-            if not task.cancelled():
-                task.exception()  # the app answered the cancel by raising: still a timeout, not an error
-            self._timed_out(instance)
-            return
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            # Logged with its traceback, at most once per interval per exception
-            # type: an app failing on every message (Redis gone) must not flood the log.
-            self.counters.incr("app_errors")
-            message = instance.message if isinstance(instance.message, dict) else {}
-            self.quiet.failure(f"app-{type(exc).__name__}", "application raised on a message from listener {listener}",
-                               Failure(exc, type(exc), exc.__traceback__), listener=message.get("listener", "?"))
+        instance.task = None  # no instance <-> task cycle once the call is over
+        self.admission.release()
+
+    def _failed(self, instance, exc):
+        # Logged with its traceback, at most once per interval per exception
+        # type: an app failing on every message (Redis gone) must not flood the log.
+        self.counters.incr("app_errors")
+        message = instance.message if isinstance(instance.message, dict) else {}
+        self.quiet.failure(f"app-{type(exc).__name__}", "application raised on a message from listener {listener}",
+                           Failure(exc, type(exc), exc.__traceback__), listener=message.get("listener", "?"))
 
     def _timed_out(self, instance):
         self.counters.incr("app_timeouts")

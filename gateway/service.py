@@ -1,19 +1,22 @@
 """GatewayService: wires layer, listeners, tokens, pump and runner, and orders start, reload and stop."""
 
 import asyncio
+import gc
 from contextlib import contextmanager
 
 from twisted.internet import error
 from twisted.logger import Logger
 
 from gateway import health, layers, metrics, reload
+from gateway.admission import Admission
 from gateway.amplification import make_budget
 from gateway.delivery import NOT_READY, Delivery, drop
+from gateway.gcwatch import GcWatch
 from gateway.guard import SourceTable, make_guard
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
 from gateway.process import AsyncService, StartupError
-from gateway.replies import ReplyPump
+from gateway.replies import DirectReplies, ReplyPump
 from gateway.runner import AppRunner
 from gateway.tokens import TokenTable
 from listeners import KINDS
@@ -35,9 +38,11 @@ class GatewayService(AsyncService):
         self.app = app
         self.inherited = dict(inherited or {})  # name -> fds passed by systemd (LISTEN_FDNAMES)
         self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.prefix = self.tokens = None
+        self.admission = self.app_layer = None
         self.listeners = {}
         self.sources = SourceTable(config.limits.max_sources)  # rate_limit's sources, every listener's
         self.budget = make_budget(config.listeners)            # the amplification cap; None: no listener has one
+        self.gc_watch = GcWatch()
         self._reloading = None  # the running reload's task
 
     # -- start: bind (privileged, synchronous), then the async phases, in this order --
@@ -74,33 +79,46 @@ class GatewayService(AsyncService):
         await health.check_reachable(self.layer.inner)
 
     def _build_data_path(self):
-        """Tokens, runner, delivery (the listeners' sink) and the reply pump."""
+        """Tokens, admission, delivery (the listeners' sink), the reply pump and the runner."""
         limits = self.config.limits
         self.prefix = reply_prefix(layers.gateway_id(self.layer.inner))
         self.tokens = TokenTable(max_entries=limits.max_reply_channels, ttl=limits.reply_ttl,
                                  on_forget=self._forget_token)  # monotonic: a clock step expires nothing
-        self._make_runner()
+        self.admission = Admission(limits.max_concurrency)
+        self._add_gauges()
         self.delivery = Delivery(
             self.layer, self.tokens, self.prefix, {l.name: l.channel for l in self.config.listeners},
-            senders=limits.max_layer_sends, counters=self.counters, quiet=self.quiet,
-            runner=self.runner if self.runner and self.runner.reserve_mode else None,
-            on_token=self._new_token, budget=self.budget,
+            senders=limits.max_layer_sends, counters=self.counters, quiet=self.quiet, admission=self.admission,
+            budget=self.budget,
         )
         send_channels = {l.send_channel: self.listeners[l.name] for l in self.config.listeners if l.send_channel}
         self.pump = ReplyPump(self.layer, self.prefix, self.tokens, self.listeners, send_channels,
                               counters=self.counters, quiet=self.quiet, budget=self.budget)
+        if not self.pump.prefix_receive:
+            self.delivery.on_token = self.pump.watch  # one receive per live reply channel
+        self.app_layer = self._make_runner()
         self.pump.start()
         self.delivery.start()
 
+    def _add_gauges(self):
+        """Sizes the summary line (and SIGUSR1) shows beside the counters."""
+        self.counters.gauges.update(
+            reply_channels=self.tokens.__len__, calls_in_flight=lambda: self.admission.in_use,
+            gc_full=lambda: self.gc_watch.full, gc_longest_ms=lambda: self.gc_watch.longest_ms,
+        )
+        self.gc_watch.start()
+
     async def _start_application(self):
         if self.app is not None:
-            self.lifespan = Lifespan(self.app, self.layer)
+            self.lifespan = Lifespan(self.app, self.app_layer)
             await self.lifespan.startup()
             self.runner.start()
 
     def _declare_ready(self):
         self.delivery.ready = True
         self._reporter.start()
+        if self._signals:  # the whole process (twistd): what exists now lives as long as it
+            gc.freeze()
         log.info("udpgateway ready: {n} listener(s), reply channels {prefix}*", n=len(self.listeners),
                  prefix=self.prefix)
 
@@ -121,14 +139,23 @@ class GatewayService(AsyncService):
         return layers.make_layer(self.config.channel_layer.backend, layer_config)
 
     def _make_runner(self):
+        """The application runner, if any; on the memory layer it takes datagrams straight from delivery.
+
+        Returns the layer the application sees (its own replies skip the
+        memory layer's queue there).
+        """
         if self.app is None:
-            return
-        channels = [l.channel for l in self.config.listeners]
+            return self.layer
+        memory = self.config.channel_layer.backend == "memory"
+        app_layer = DirectReplies(self.layer, self.pump) if memory else self.layer
         self.runner = AppRunner(
-            self.app, self.layer, channels, max_concurrency=self.config.limits.max_concurrency,
-            counters=self.counters, quiet=self.quiet, reserve=self.config.channel_layer.backend == "memory",
+            self.app, self.layer, [l.channel for l in self.config.listeners], admission=self.admission,
+            counters=self.counters, quiet=self.quiet, app_layer=app_layer, wait_before_receive=not memory,
             app_timeout=self.config.limits.app_timeout,
         )
+        if memory:
+            self.delivery.runner = self.runner
+        return app_layer
 
     def _make_listener(self, listener_config):
         kwargs = dict(sink=self._receive, reactor=self._reactor, counters=self.counters, quiet=self.quiet,
@@ -155,10 +182,6 @@ class GatewayService(AsyncService):
         else:
             self.budget.set_factors({l.name: l.amplification for l in listener_configs})
         self.delivery.budget = self.pump.budget = self.budget
-
-    def _new_token(self, token):
-        if self.pump is not None:
-            self.pump.watch(token)
 
     def _forget_token(self, token):
         if self.budget is not None:
@@ -272,6 +295,7 @@ class GatewayService(AsyncService):
         self.listeners = {}
         await self.close_metrics()
         self._reporter.stop()
+        self.gc_watch.stop()
         if self.layer is not None:
             await health.close_layer(self.layer.inner)
 

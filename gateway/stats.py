@@ -80,6 +80,7 @@ class Counters:
         self._changes = 0
         self._reported = 0
         self.call_time = Histogram()
+        self.gauges = {}  # name -> callable: sizes shown in the summary line (reply_channels, ...)
 
     def incr(self, name, n=1, listener=None):
         if n:
@@ -111,6 +112,21 @@ def summary_line(counters):
     """One log line, "counters: a=1 b=2": the non-zero counters sorted by name."""
     counts = sorted(item for item in counters.snapshot().items() if item[1])
     return "counters: " + (" ".join(f"{k}={v}" for k, v in counts) or "all zero")
+
+
+def sizes_line(counters):
+    """The line after it, "sizes: reply_channels=5 ...": the gauges by name; None without any."""
+    if not counters.gauges:
+        return None
+    return "sizes: " + " ".join(f"{name}={read()}" for name, read in sorted(counters.gauges.items()))
+
+
+def log_summary(log, counters, prefix=""):
+    """Log the counters' summary line, then the sizes line if there are gauges."""
+    log.info("{prefix}{summary}", prefix=prefix, summary=summary_line(counters))
+    sizes = sizes_line(counters)
+    if sizes is not None:
+        log.info("{prefix}{sizes}", prefix=prefix, sizes=sizes)
 
 
 class QuietLog:
@@ -187,4 +203,4 @@ class CounterReporter:
 
     def _report(self):
         if self.counters.changed_since_last_report():
-            self.log.info("{summary}", summary=summary_line(self.counters))
+            log_summary(self.log, self.counters)

@@ -3,6 +3,7 @@
 from twisted.logger import Logger
 
 from gateway import health, layers, metrics
+from gateway.admission import Admission
 from gateway.lifespan import Lifespan
 from gateway.process import AsyncService
 from gateway.redislayer import from_channels_redis
@@ -14,8 +15,8 @@ log = Logger()
 class WorkerService(AsyncService):
     """Consumes `channels` and runs the application, several messages at once.
 
-    At `max_concurrency` calls in flight it stops receiving (AppRunner takes a
-    slot before each receive), so the messages wait in the layer for another
+    At `max_concurrency` calls in flight it stops receiving (AppRunner takes an
+    Admission slot before each receive), so the messages wait in the layer for another
     worker instead of piling up here.
     """
 
@@ -42,7 +43,7 @@ class WorkerService(AsyncService):
         if from_channels_redis(type(self.layer.inner), "channels_redis.pubsub"):
             log.warn("{layer} delivers each message to every worker receiving its channel: each datagram "
                      "is handled (and answered) once per running worker", layer=type(self.layer.inner).__name__)
-        self.runner = AppRunner(self.app, self.layer, self.channels, max_concurrency=limits.max_concurrency,
+        self.runner = AppRunner(self.app, self.layer, self.channels, admission=Admission(limits.max_concurrency),
                                 counters=self.counters, quiet=self.quiet, app_timeout=limits.app_timeout)
         self.lifespan = Lifespan(self.app, self.layer)
         await self.lifespan.startup()

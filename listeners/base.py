@@ -1,16 +1,18 @@
 """Listener base: the service that binds a listener's ports, hands datagrams on and sends replies."""
 
 import errno
-import ipaddress
 import socket
-from dataclasses import dataclass
 
 from twisted.application import service
 from twisted.internet import defer, error
 from twisted.logger import Logger
 
 from listeners import activation
+from listeners.packets import Arrival, Datagram, Route, address_kind, display_address, interface_name, is_multicast
 from listeners.ports import MAX_PACKET, GatewayPort, _PortProtocol, capped_message
+
+__all__ = ["Arrival", "BadRoute", "BaseListener", "Datagram", "Route", "display_address", "interface_name",
+           "is_multicast"]
 
 log = Logger()
 
@@ -23,58 +25,12 @@ class BadRoute(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Route:
-    """How a reply to one client leaves: which port, to where, from where."""
-
-    port: int
-    address: tuple
-    source: str | None = None
-    ifindex: int = 0            # forced outgoing interface (0: the routing table decides)
-    group: str | None = None
-    arrived_on: int = 0         # the interface the request arrived on, where known
-
-
-@dataclass(frozen=True)
-class Datagram:
-    """One received datagram, as the listener saw it."""
-
-    listener: str
-    data: bytes
-    client: tuple
-    server: tuple
-    interface: str | None
-    route: Route
-    version: int
-
-
-def interface_name(ifindex):
-    """The interface name of an index, or None."""
-    if not ifindex:
-        return None
-    try:
-        return socket.if_indextoname(ifindex)
-    except OSError:
-        return None
-
-
-def display_address(address):
-    """(host, port) of a raw socket address, keeping an IPv6 scope as %name."""
-    host, port = address[0], address[1]
-    if len(address) > 3 and address[3] and "%" not in host:
-        host = f"{host}%{interface_name(address[3]) or address[3]}"
-    return (host, port)
-
-
-def is_multicast(address):
-    return address is not None and ipaddress.ip_address(address.split("%", 1)[0]).is_multicast
-
-
 class BaseListener(service.Service):
     """One configured listener: binds its ports, hands datagrams to `sink`, sends replies."""
 
     kind = ""
     port_class = GatewayPort
+    fixed_interface = True  # default_interface() of a port never changes while it is bound
     guard = None  # a gateway.guard.SourceGuard (allow/deny, rate_limit): checked before anything else
 
     def __init__(self, config, *, sink, reactor, counters, quiet, fds=()):
@@ -88,6 +44,7 @@ class BaseListener(service.Service):
         self.ports = []
         self.bound = False
         self._owners = []
+        self._port_infos = {}  # port index -> (port, (bound host, port, IP version, default interface))
 
     # -- lifecycle: bind (privileged), then start, as Twisted's internet.UDPServer --
     def privilegedStartService(self):
@@ -172,16 +129,29 @@ class BaseListener(service.Service):
         return [(p.getHost().host, p.getHost().port) for p in self.ports]
 
     # -- receiving -------------------------------------------------------
-    def packet_received(self, index, data, addr, dst, ifindex, spec_dst):
-        if self.guard is not None and not self.guard.admits(addr):
+    def packet_received(self, index, data, arrival):
+        """Hand one datagram to the sink; `arrival` is its sender and, with pktinfo, where it arrived."""
+        if self.guard is not None and not self.guard.admits(arrival.source):
             return
+        bound_host, bound_port, version, interface = self._port_info(index)
+        dst = arrival.destination
+        self._sink(Datagram(
+            listener=self.name, data=data, client=display_address(arrival.source),
+            server=(dst or self.default_server(bound_host), bound_port),
+            interface=interface_name(arrival.ifindex) or interface or self.default_interface(index),
+            route=self.make_route(index, arrival), version=version,
+        ))
+
+    def _port_info(self, index):
+        """(bound host, port, IP version, default interface) of a port, cached: getHost() is a system call."""
         port = self.ports[index]
-        host = port.getHost()
-        server = (dst or self.default_server(host.host), host.port)
-        route = self.make_route(index, addr, dst, ifindex, spec_dst)
-        interface = interface_name(ifindex) or self.default_interface(index)
-        version = 6 if port.addressFamily == socket.AF_INET6 else 4
-        self._sink(Datagram(self.name, data, display_address(addr), server, interface, route, version))
+        cached = self._port_infos.get(index)
+        if cached is None or cached[0] is not port:
+            host = port.getHost()
+            version = 6 if port.addressFamily == socket.AF_INET6 else 4
+            interface = self.default_interface(index) if self.fixed_interface else None
+            cached = self._port_infos[index] = (port, (host.host, host.port, version, interface))
+        return cached[1]
 
     def default_server(self, bound_host):
         return bound_host
@@ -197,18 +167,20 @@ class BaseListener(service.Service):
             self._owners = [i.name if i is not None else None for i in found]
         return self._owners[index] if index < len(self._owners) else None
 
-    def make_route(self, index, addr, dst, ifindex, spec_dst):
+    def make_route(self, index, arrival):
         """Reply from the address the request was sent to (pktinfo), where known."""
+        dst = arrival.destination
         if dst is None:
-            return Route(index, addr)
-        arrived_on = ifindex or 0
+            return Route(port=index, address=arrival.source)
+        arrived_on = arrival.ifindex or 0
+        multicast, link_local = address_kind(dst)
+        if multicast:
+            return Route(port=index, address=arrival.source, source=None if ":" in dst else arrival.spec_dst,
+                         ifindex=arrived_on, group=dst, arrived_on=arrived_on)
         if ":" not in dst:
-            return Route(index, addr, spec_dst, arrived_on if is_multicast(dst) else 0,
-                         dst if is_multicast(dst) else None, arrived_on)
-        if is_multicast(dst):
-            return Route(index, addr, None, arrived_on, dst, arrived_on)
-        link_local = ipaddress.ip_address(dst).is_link_local
-        return Route(index, addr, dst, arrived_on if link_local else 0, None, arrived_on)
+            return Route(port=index, address=arrival.source, source=arrival.spec_dst, arrived_on=arrived_on)
+        return Route(port=index, address=arrival.source, source=dst, ifindex=arrived_on if link_local else 0,
+                     arrived_on=arrived_on)
 
     def connection_refused(self):
         self.counters.incr("connection_refused", listener=self.name)

@@ -33,6 +33,7 @@ class MulticastListener(BaseListener):
     """Joins its groups on each interface, follows interfaces that come and go, sends to groups."""
 
     kind = "multicast"
+    fixed_interface = False  # joins follow interfaces that come and go
     port_class = GatewayMulticastPort
 
     def __init__(self, config, *, sink, reactor, counters, quiet, poll_interval=5.0, fds=()):

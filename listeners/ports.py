@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from listeners import sockopts
+from listeners.packets import Arrival
 
 MAX_PACKET = 65535  # Twisted's default of 8192 silently truncates larger datagrams.
 RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes asked for each socket unless its listener says (config `rcvbuf`)
@@ -128,9 +129,9 @@ class _PortMixin:
                 self.protocol.receive_failed(se)
                 return
             read += max(len(data), 64)
-            dst, ifindex, spec_dst = sockopts.parse_pktinfo(ancdata)
+            arrival = _arrival(addr, ancdata) if ancdata else Arrival(addr)
             try:
-                self.protocol.packet_received(data, addr, dst, ifindex, spec_dst)
+                self.protocol.packet_received(data, arrival)
             except Exception:
                 self.protocol.handler_failed(Failure())
 
@@ -147,6 +148,11 @@ class _PortMixin:
         if info[1] is None:
             raise OSError(errno.ENOPROTOOPT, "this platform cannot choose a datagram's source or interface")
         return self.socket.sendmsg([data], [info], 0, address)
+
+
+def _arrival(addr, ancdata):
+    dst, ifindex, spec_dst = sockopts.parse_pktinfo(ancdata)
+    return Arrival(addr, dst, ifindex or 0, spec_dst)
 
 
 def socket_address(host, port):
@@ -246,11 +252,11 @@ class _PortProtocol(protocol.DatagramProtocol):
         # Twisted's own lines ("... starting on 9999") then name the listener.
         return f"listener {self._listener.name}"
 
-    def packet_received(self, data, addr, dst, ifindex, spec_dst):
-        self._listener.packet_received(self._index, data, addr, dst, ifindex, spec_dst)
+    def packet_received(self, data, arrival):
+        self._listener.packet_received(self._index, data, arrival)
 
     def datagramReceived(self, data, addr):
-        self.packet_received(data, addr, None, None, None)
+        self.packet_received(data, Arrival(addr))
 
     def connectionRefused(self):
         self._listener.connection_refused()

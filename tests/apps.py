@@ -130,6 +130,7 @@ class Looping:
     def __init__(self, scope):
         self.scope = scope
         type(self).instances += 1
+        self.number = type(self).instances  # not id(): a finished instance's id can be reused at once
 
     @classmethod
     def as_asgi(cls):
@@ -139,9 +140,18 @@ class Looping:
             consumer = cls(scope)
             while True:
                 message = await receive()
-                cls.handled.append((id(consumer), message["data"]))
+                cls.handled.append((consumer.number, message["data"]))
                 await scope["channel_layer"].send(message["reply_channel"], {"type": "udp.send", "data": message["data"]})
         return app
+
+
+class Burst(UDPConsumer):
+    """b"many" gets 1,000 replies through the layer; anything else is echoed once."""
+
+    async def udp_receive(self, message):
+        count = 1000 if message["data"] == b"many" else 1
+        for _ in range(count):
+            await self.reply(message, message["data"])
 
 
 class Sleepy(UDPConsumer):

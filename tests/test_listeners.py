@@ -14,7 +14,7 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from gateway.config import ListenerConfig, Remote
 from gateway.stats import Counters, QuietLog
 from listeners import KINDS
-from listeners.base import Route, display_address
+from listeners.base import Arrival, Route, display_address
 from listeners.ports import (
     GatewayMulticastPort, GatewayPort, _PortProtocol, capped_message, size_buffers, socket_address,
 )
@@ -53,14 +53,15 @@ def test_datagram_handed_to_sink_with_route():
     (dg,) = received
     assert (dg.listener, dg.data, dg.client, dg.server, dg.version) == ("l", b"data", ("127.0.0.1", 5555),
                                                                         ("127.0.0.1", 4000), 4)
-    assert dg.route == Route(0, ("127.0.0.1", 5555))
+    assert dg.route == Route(port=0, address=("127.0.0.1", 5555))
 
 
 def test_wildcard_route_replies_from_request_destination():
     """With pktinfo, the reply source is the address the request was sent to."""
     listener, received = make(bind=("0.0.0.0",))
     listener.ports = [FakePort("0.0.0.0")]
-    listener.packet_received(0, b"x", ("10.0.0.9", 1234), "10.0.0.2", 3, "10.0.0.2")
+    listener.packet_received(0, b"x", Arrival(("10.0.0.9", 1234), destination="10.0.0.2", ifindex=3,
+                                              spec_dst="10.0.0.2"))
     (dg,) = received
     assert dg.server == ("10.0.0.2", 4000)
     assert dg.route.source == "10.0.0.2" and dg.route.ifindex == 0

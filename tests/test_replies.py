@@ -4,7 +4,7 @@ import asyncio
 
 from twisted.internet.task import Clock
 
-from gateway.delivery import Delivery
+from gateway.delivery import Delivery, stored_route
 from gateway.layers import InMemoryChannelLayer
 from gateway.replies import ReplyPump
 from gateway.stats import Counters, QuietLog
@@ -55,7 +55,10 @@ class Setup:
 
     def channel_for(self, client=("192.0.2.7", 40312)):
         """The reply channel of a client that sent a datagram (its route is the client address)."""
-        return PREFIX + self.tokens.token_for(("echo", client), ("echo", 4, Route(port=0, address=client)))
+        route = Route(port=0, address=client)
+        datagram = Datagram(listener="echo", data=b"", client=client, server=("127.0.0.1", 9999), interface=None,
+                            route=route, version=4)
+        return PREFIX + self.tokens.token_for(("echo", client), stored_route(datagram))  # as delivery keeps it
 
 
 async def until(condition, timeout=5.0):

@@ -6,6 +6,7 @@ import asyncio
 import pytest
 from twisted.internet.task import Clock
 
+from gateway.admission import Admission
 from gateway.layers import InMemoryChannelLayer
 from gateway.runner import AppRunner
 from gateway.stats import Counters, QuietLog
@@ -19,10 +20,11 @@ def message(n, reply_channel="udp.send.test!t"):
 
 
 def make(app, layer=None, *, max_concurrency=10, reserve=False):
+    """A runner; `reserve` is the memory-layer gateway's mode (delivery takes a slot, then calls run())."""
     layer = layer if layer is not None else InMemoryChannelLayer(capacity=1000)
     counters = Counters()
-    runner = AppRunner(app, layer, [CHANNEL], max_concurrency=max_concurrency, counters=counters,
-                       quiet=QuietLog(clock=Clock()), reserve=reserve)
+    runner = AppRunner(app, layer, [CHANNEL], admission=Admission(max_concurrency), counters=counters,
+                       quiet=QuietLog(clock=Clock()), wait_before_receive=not reserve)
     return runner, layer, counters
 
 
@@ -143,17 +145,18 @@ async def test_shared_mode_stops_receiving_at_max_concurrency():
 
 @aio
 async def test_memory_mode_reserves_slots_up_to_max_concurrency():
-    """In memory mode slots are reserved before a send: past max_concurrency reserved or running, none is given."""
+    """In memory mode slots are reserved before a hand-off: past max_concurrency reserved or running, none is given."""
     app = Gate()
     runner, layer, _ = make(app, max_concurrency=2, reserve=True)
     runner.start()
-    assert runner.try_reserve() and runner.try_reserve()
-    assert not runner.try_reserve()
-    await layer.send(CHANNEL, message(0))
+    admission = runner.admission
+    assert admission.try_acquire() and admission.try_acquire()
+    assert not admission.try_acquire()
+    runner.run(CHANNEL, message(0))  # delivery's hand-off, with one of the reserved slots
     await until(lambda: app.started == [b"0"])
-    assert not runner.try_reserve()  # one running, one reserved
-    runner.unreserve()
-    assert runner.try_reserve()
+    assert not admission.try_acquire()  # one running, one reserved
+    admission.release()
+    assert admission.try_acquire()
     app.release.set()
     await until(lambda: runner.active == 0)
     runner.stop_receiving()
@@ -224,16 +227,22 @@ def hanging_app(handled, *, on_cancel=None):
 
 
 async def run(app, datas, *, reserve, app_timeout=0.2, expect=1, deadline=10.0):
-    """Start a runner (max_concurrency 2), send `datas`, wait until `expect` messages were handled."""
+    """Start a runner (max_concurrency 2), send `datas`, wait until `expect` messages were handled.
+
+    `reserve` is the memory-layer gateway's mode: delivery takes a slot, then hands the message over.
+    """
     layer, counters = InMemoryChannelLayer(), Counters()
-    runner = AppRunner(app, layer, ["udp.receive"], max_concurrency=2, counters=counters, quiet=QuietLog(),
-                       reserve=reserve, app_timeout=app_timeout)
+    runner = AppRunner(app, layer, ["udp.receive"], admission=Admission(2), counters=counters, quiet=QuietLog(),
+                       wait_before_receive=not reserve, app_timeout=app_timeout)
     runner.start()
     try:
         for data in datas:
+            message = {"type": "udp.receive", "data": data, "listener": "l"}
             if reserve:
-                assert runner.try_reserve(), "no free slot"
-            await layer.send("udp.receive", {"type": "udp.receive", "data": data, "listener": "l"})
+                assert runner.admission.try_acquire(), "no free slot"
+                runner.run("udp.receive", message)
+            else:
+                await layer.send("udp.receive", message)
         stop_at = asyncio.get_event_loop().time() + deadline
         while counters.get("app_timeouts") < datas.count(b"hang") and asyncio.get_event_loop().time() < stop_at:
             await asyncio.sleep(0.01)
@@ -259,7 +268,7 @@ async def test_slot_freed_by_timeout_serves_the_next_message():
     """With both slots held by hung calls, the third message waits and is handled once they time out."""
     handled = []
     layer, counters = InMemoryChannelLayer(), Counters()
-    runner = AppRunner(hanging_app(handled), layer, ["udp.receive"], max_concurrency=2, counters=counters,
+    runner = AppRunner(hanging_app(handled), layer, ["udp.receive"], admission=Admission(2), counters=counters,
                        quiet=QuietLog(), app_timeout=0.2)
     runner.start()
     try:
@@ -294,7 +303,7 @@ async def test_no_timer_with_null_and_timer_cancelled_when_a_call_ends():
 
     for app_timeout in (None, 30):
         layer, counters = InMemoryChannelLayer(), Counters()
-        runner = AppRunner(app, layer, ["udp.receive"], max_concurrency=2, counters=counters, quiet=QuietLog(),
+        runner = AppRunner(app, layer, ["udp.receive"], admission=Admission(2), counters=counters, quiet=QuietLog(),
                            app_timeout=app_timeout)
         runner.start()
         try:
