@@ -21,7 +21,7 @@ class Delivery:
     """
 
     def __init__(self, layer, tokens, prefix, channels, *, senders, counters, quiet, runner=None,
-                 admission=None, on_token=None, queue_size=SEND_QUEUE):
+                 admission=None, on_token=None, budget=None, queue_size=SEND_QUEUE):
         self.layer = layer
         self.tokens = tokens
         self.prefix = prefix
@@ -31,6 +31,7 @@ class Delivery:
         self.runner = runner      # set in memory mode: hand messages to it directly
         self.admission = admission
         self.on_token = on_token
+        self.budget = budget      # the amplification cap's accounting (ReplyBudget), or None
         self.ready = False
         self._senders = senders
         self._queue = asyncio.Queue(queue_size)
@@ -76,6 +77,8 @@ class Delivery:
         token = self.tokens.token_for((datagram.listener, datagram.client), stored_route(datagram))
         if self.on_token is not None:
             self.on_token(token)
+        if self.budget is not None:
+            self.budget.received(token, datagram.listener, len(datagram.data))
         return build_receive(
             data=datagram.data, client=datagram.client, server=datagram.server,
             listener=datagram.listener, reply_channel=self.prefix + token, interface=datagram.interface,

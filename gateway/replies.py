@@ -22,7 +22,7 @@ class ReplyPump:
     live token, bounded by the token table's cap.
     """
 
-    def __init__(self, layer, prefix, tokens, listeners, send_channels, *, counters, quiet):
+    def __init__(self, layer, prefix, tokens, listeners, send_channels, *, counters, quiet, budget=None):
         self.layer = layer
         self.prefix = prefix
         self.tokens = tokens
@@ -30,6 +30,7 @@ class ReplyPump:
         self.send_channels = send_channels  # channel -> listener
         self.counters = counters
         self.quiet = quiet
+        self.budget = budget                # the amplification cap (ReplyBudget), or None
         client = as_client(layer)
         self.prefix_receive = client.prefix_receive
         self._receive = client.receive
@@ -140,11 +141,14 @@ class ReplyPump:
         if entry is None:
             raise BadReply("unknown_token", "unknown or expired reply channel")
         name, version = entry[0], entry[1]
-        route = Route(*entry[2:])  # delivery.stored_route: the fields, the trailing defaults left out
         data, multicast = validate_send(message, version=version)
         listener = self.listeners.get(name)
         if listener is None or not listener.running:
             raise BadReply("unknown_token", f"listener {name} is stopped")
+        if not multicast and self.budget is not None and not self.budget.spend(token, name, len(data)):
+            raise BadReply("amplification", "the reply channel's replies would exceed amplification x the "
+                           "bytes its client sent")
+        route = Route(*entry[2:])  # delivery.stored_route: the fields, the trailing defaults left out
         return name if listener.send_reply(route, data, multicast) else None
 
 

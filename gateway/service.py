@@ -9,8 +9,10 @@ from twisted.logger import Logger
 
 from gateway import layers, metrics, reload
 from gateway.admission import Admission
+from gateway.amplification import make_budget
 from gateway.delivery import NOT_READY, Delivery, drop
 from gateway.gcwatch import GcWatch
+from gateway.guard import SourceTable, make_guard
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
 from gateway.process import AsyncService, StartupError, as_future
@@ -38,6 +40,8 @@ class GatewayService(AsyncService):
         self.layer = self.runner = self.pump = self.delivery = self.lifespan = self.prefix = self.tokens = None
         self.admission = self.app_layer = None
         self.listeners = {}
+        self.sources = SourceTable(config.limits.max_sources)  # rate_limit's sources, every listener's
+        self.budget = make_budget(config.listeners)            # the amplification cap; None: no listener has one
         self.gc_watch = GcWatch()
         self._reloading = None  # the running reload's task
 
@@ -85,10 +89,11 @@ class GatewayService(AsyncService):
         self.delivery = Delivery(
             self.layer, self.tokens, self.prefix, {l.name: l.channel for l in self.config.listeners},
             senders=limits.max_layer_sends, counters=self.counters, quiet=self.quiet, admission=self.admission,
+            budget=self.budget,
         )
         send_channels = {l.send_channel: self.listeners[l.name] for l in self.config.listeners if l.send_channel}
         self.pump = ReplyPump(self.layer, self.prefix, self.tokens, self.listeners, send_channels,
-                              counters=self.counters, quiet=self.quiet)
+                              counters=self.counters, quiet=self.quiet, budget=self.budget)
         if not self.pump.prefix_receive:
             self.delivery.on_token = self.pump.watch  # one receive per live reply channel
         self.app_layer = self._make_runner()
@@ -157,7 +162,12 @@ class GatewayService(AsyncService):
                       fds=self._fds_of(listener_config))
         if listener_config.type == "multicast":
             kwargs["poll_interval"] = self.config.limits.interface_poll
-        return KINDS[listener_config.type](listener_config, **kwargs)
+        listener = KINDS[listener_config.type](listener_config, **kwargs)
+        listener.guard = make_guard(listener_config, table=self.sources, counters=self.counters, quiet=self.quiet)
+        if listener_config.amplification is None:
+            log.info("listener {name}: amplification cap off (amplification: null): replies to a source "
+                     "are not limited by the bytes it sent", name=listener.name)
+        return listener
 
     def _fds_of(self, listener_config):
         """The sockets a listener adopts: its `fd`, else those systemd passed under its name; () to bind."""
@@ -165,7 +175,17 @@ class GatewayService(AsyncService):
             return (listener_config.fd,)
         return tuple(self.inherited.get(listener_config.name, ()))
 
+    def _set_amplification(self, listener_configs):
+        """A reload's factors: unchanged listeners keep their channels' accounting (changed ones lost their tokens)."""
+        if self.budget is None:
+            self.budget = make_budget(listener_configs)
+        else:
+            self.budget.set_factors({l.name: l.amplification for l in listener_configs})
+        self.delivery.budget = self.pump.budget = self.budget
+
     def _forget_token(self, token):
+        if self.budget is not None:
+            self.budget.forget(token)
         if self.pump is not None:
             self.pump.unwatch(token)
 
@@ -233,6 +253,7 @@ class GatewayService(AsyncService):
         self.listeners.update(started)
         self.tokens.forget_if(lambda key: key[0] in gone)
         self.config = config = plan.config
+        self._set_amplification(config.listeners)
         self.delivery.channels = {l.name: l.channel for l in config.listeners}
         self.pump.set_send_channels({l.send_channel: self.listeners[l.name] for l in config.listeners
                                      if l.send_channel})

@@ -13,8 +13,10 @@ from gateway.clock import MONOTONIC
 # start, at zero, so dashboards and alerts see them before the first event. Those of the
 # first table are counted per listener too; those of the second belong to the process.
 LISTENER_COUNTERS = {
-    "received": "Datagrams received.",
+    "received": "Datagrams received (those dropped as denied or rate-limited included).",
     "replied": "Replies and send_channel messages written to a socket.",
+    "dropped_denied": "Datagrams dropped: their source is not in the listener's allow, or is in its deny.",
+    "dropped_rate_limited": "Datagrams dropped: their source address sent faster than the listener's rate_limit.",
     "dropped_not_ready": "Datagrams dropped: they arrived before startup completed or during stop.",
     "dropped_concurrency": "Datagrams dropped: max_concurrency application calls were running.",
     "dropped_queue_full": "Datagrams dropped: the queue of layer sends was full.",
@@ -22,6 +24,8 @@ LISTENER_COUNTERS = {
     "dropped_layer_error": "Datagrams dropped: the channel layer failed to take them.",
     "dropped_bad_message": "Replies dropped: not a valid udp.send message.",
     "dropped_too_large": "Replies dropped: longer than a datagram can carry.",
+    "dropped_amplification": "Replies dropped: they would take the bytes sent on a reply channel past "
+                             "amplification times the bytes its client sent.",
     "dropped_send_failed": "Replies dropped: the socket refused the write.",
     "receive_errors": "Socket reads that failed, or datagrams whose hand-off raised.",
     "connection_refused": "ICMP port unreachable from a connected listener's remote.",

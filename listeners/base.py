@@ -31,6 +31,7 @@ class BaseListener(service.Service):
     kind = ""
     port_class = GatewayPort
     fixed_interface = True  # default_interface() of a port never changes while it is bound
+    guard = None  # a gateway.guard.SourceGuard (allow/deny, rate_limit): checked before anything else
 
     def __init__(self, config, *, sink, reactor, counters, quiet, fds=()):
         self.config = config
@@ -130,6 +131,8 @@ class BaseListener(service.Service):
     # -- receiving -------------------------------------------------------
     def packet_received(self, index, data, arrival):
         """Hand one datagram to the sink; `arrival` is its sender and, with pktinfo, where it arrived."""
+        if self.guard is not None and not self.guard.admits(arrival.source):
+            return
         bound_host, bound_port, version, interface = self._port_info(index)
         dst = arrival.destination
         self._sink(Datagram(

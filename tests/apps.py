@@ -166,3 +166,27 @@ class Sleepy(UDPConsumer):
 
 
 sleepy = Sleepy.as_asgi()
+
+
+class Amplifier(UDPConsumer):
+    """A reflector for the amplification cap: b"flood N SIZE" sends N replies of SIZE bytes to the
+    reply channel, b"mflood N SIZE" sends them `multicast: true` (then one unicast b"ok"),
+    b"announce N SIZE CHANNEL" sends them to a send_channel; anything else is echoed."""
+
+    async def udp_receive(self, message):
+        words = message["data"].split()
+        if not words or words[0] not in (b"flood", b"mflood", b"announce"):
+            await self.reply(message, message["data"])
+            return
+        count, size = int(words[1]), int(words[2])
+        for n in range(count):
+            data = n.to_bytes(4, "big") + b"x" * (size - 4)
+            if words[0] == b"announce":
+                await self.send_to(words[3].decode(), data)
+            else:
+                await self.reply(message, data, multicast=words[0] == b"mflood")
+        if words[0] == b"mflood":
+            await self.reply(message, b"ok")
+
+
+amplifier = Amplifier.as_asgi()

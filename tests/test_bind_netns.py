@@ -7,6 +7,7 @@ import pytest
 pytestmark = pytest.mark.netns
 
 APP = "application: tests.apps:inspect\nlisteners:\n"
+UNCAPPED = "amplification: null"  # Inspect answers with the message as JSON, far past 10 x these tests' datagrams
 
 
 def ask(pair, host, port, *args, ns=None):
@@ -23,7 +24,7 @@ def ports(gateway, name):
 def test_bind_interface_name_serves_its_link_local_address(pair, run_gateway):
     """`bind: <interface>` binds its link-local address with its scope: a link-local client is answered from
     it, and the message's server keeps the %scope and names the interface."""
-    gateway = run_gateway(APP + f"  - {{name: e, type: plain, bind: {pair.gw_if}, port: 0}}\n")
+    gateway = run_gateway(APP + f"  - {{name: e, type: plain, bind: {pair.gw_if}, port: 0, {UNCAPPED}}}\n")
     gw_ll, cl_ll = pair.link_local(pair.gw), pair.link_local(pair.cl)
     bound = ports(gateway, "e")
     assert set(bound) == {pair.gw4, pair.gw6, f"{gw_ll}%{pair.gw_if}"}
@@ -41,7 +42,7 @@ def test_bind_interface_name_serves_its_link_local_address(pair, run_gateway):
 def test_bind_scoped_link_local_address(pair, run_gateway):
     """`bind: fe80::…%<interface>` binds that address with its scope and answers a link-local client."""
     gw_ll, cl_ll = pair.link_local(pair.gw), pair.link_local(pair.cl)
-    gateway = run_gateway(APP + f"  - {{name: ll, type: plain, bind: '{gw_ll}%{pair.gw_if}', port: 0}}\n")
+    gateway = run_gateway(APP + f"  - {{name: ll, type: plain, bind: '{gw_ll}%{pair.gw_if}', port: 0, {UNCAPPED}}}\n")
     ((host, port),) = gateway.listeners["ll"]
     assert host == f"{gw_ll}%{pair.gw_if}"
     reply, message, (_, client_port) = ask(pair, f"{gw_ll}%{pair.cl_if}", port, "--bind", cl_ll, "--ifname", pair.cl_if)
@@ -53,7 +54,7 @@ def test_bind_scoped_link_local_address(pair, run_gateway):
 def test_connected_listener_between_link_local_addresses(pair, run_gateway):
     """A connected listener bound to a link-local address hears and answers its link-local remote."""
     gw_ll, cl_ll = pair.link_local(pair.gw), pair.link_local(pair.cl)
-    gateway = run_gateway(APP + f"  - {{name: up, type: connected, bind: '{gw_ll}%{pair.gw_if}', port: 0, "
+    gateway = run_gateway(APP + f"  - {{name: up, type: connected, bind: '{gw_ll}%{pair.gw_if}', port: 0, {UNCAPPED}, "
                                 f"remote: {{host: '{cl_ll}%{pair.gw_if}', port: 7100}}}}\n")
     ((_, port),) = gateway.listeners["up"]
     reply, message, _ = ask(pair, f"{gw_ll}%{pair.cl_if}", port, "--bind", cl_ll, "--port", 7100,
@@ -65,7 +66,7 @@ def test_connected_listener_between_link_local_addresses(pair, run_gateway):
 
 def test_bind_127_0_0_2(pair, run_gateway):
     """Linux answers on all of 127.0.0.0/8: `bind: 127.0.0.2` passes the checks, binds and answers on lo."""
-    gateway = run_gateway(APP + "  - {name: lo2, type: plain, bind: 127.0.0.2, port: 0}\n")
+    gateway = run_gateway(APP + f"  - {{name: lo2, type: plain, bind: 127.0.0.2, port: 0, {UNCAPPED}}}\n")
     ((host, port),) = gateway.listeners["lo2"]
     assert host == "127.0.0.2"
     reply, message, (_, client_port) = ask(pair, "127.0.0.2", port, ns=pair.gw)

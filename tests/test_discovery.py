@@ -129,3 +129,64 @@ def test_mdns_multicast_and_qu_answers(pair, run_gateway):
     enum = mdns_query("_services._dns-sd._udp.local", "PTR")
     (reply,) = pair.client(*base, "--to", "ff02::fb", 5353, "--data", enum)["replies"]
     assert [str(rr.rdata) for rr in DNSRecord.parse(reply["data"]).rr] == [SERVICE]
+
+
+def amplification_of(path):
+    """The amplification factor a shipped example's yaml sets (10 when it sets none)."""
+    import yaml
+
+    (listener,) = yaml.safe_load(path.read_text())["listeners"]
+    return listener.get("amplification", 10)
+
+
+def unicast_ratio(pair, request, count, *args):
+    """Bytes of the unicast replies to one request over the request's bytes: what the cap must allow."""
+    replies = pair.client("--ifname", pair.cl_if, "--hex", "--count", count, "--timeout", 30, *args,
+                          "--data", request.hex())["replies"]
+    assert len(replies) == count, replies
+    assert all(not reply["dst"].startswith(("224.", "239.", "ff")) for reply in replies)
+    return sum(len(reply["data"]) for reply in replies) / len(request)
+
+
+def test_ssdp_example_amplification(pair, run_gateway):
+    """async-upnp-client's ssdp:all search, multicast (MX 1) or unicast, gets its three answers
+    within the factor examples/ssdp.yaml sets."""
+    from async_upnp_client.ssdp import build_ssdp_search_packet
+
+    start_ssdp(pair, run_gateway)
+    factor = amplification_of(EXAMPLES / "ssdp.yaml")
+    searches = {"multicast": ("239.255.255.250", build_ssdp_search_packet(("239.255.255.250", 1900), 1, "ssdp:all")),
+                "unicast": (pair.gw4, build_ssdp_search_packet((pair.gw4, 1900), 1, "ssdp:all"))}
+    for kind, (host, search) in searches.items():
+        ratio = unicast_ratio(pair, search, 3, "--to", host, 1900)
+        print(f"SSDP {kind} M-SEARCH ssdp:all: {len(search)} bytes, answers {ratio:.1f} times that")
+        assert ratio <= factor
+
+
+def test_mdns_example_amplification(pair, run_gateway):
+    """The unicast answers of the mDNS example (legacy and QU queries as python-zeroconf and resolvers
+    send them) stay within the factor examples/mdns.yaml sets."""
+    start_mdns(run_gateway)
+    factor = amplification_of(EXAMPLES / "mdns.yaml")
+    resolve = DNSRecord()  # python-zeroconf's first ServiceInfo request: SRV, TXT, A, AAAA, QU
+    for qtype in ("SRV", "TXT", "A", "AAAA"):
+        resolve.add_question(DNSRecord.question(f"Gateway.{SERVICE}", qtype).q)
+    for question in resolve.questions:
+        question.qclass |= 0x8000
+    resolve.header.id = 0
+    queries = {
+        "legacy A gateway.local": (bytes.fromhex(mdns_query("gateway.local", "A", ident=7)), ()),
+        "legacy PTR _http._tcp.local": (bytes.fromhex(mdns_query(SERVICE, "PTR", ident=7)), ()),
+        "QU PTR _http._tcp.local": (bytes.fromhex(mdns_query(SERVICE, "PTR", qu=True)), ("--port", 5353)),
+        "QU SRV/TXT/A/AAAA Gateway._http._tcp.local": (resolve.pack(), ("--port", 5353)),
+        "QU PTR _services._dns-sd._udp.local": (bytes.fromhex(mdns_query("_services._dns-sd._udp.local", "PTR",
+                                                                         qu=True)), ("--port", 5353)),
+    }
+    worst = 0
+    for kind, (query, args) in queries.items():
+        for family, group in ((4, "224.0.0.251"), (6, "ff02::fb")):
+            bind = ("--bind", "::") if family == 6 else ()
+            ratio = unicast_ratio(pair, query, 1, "--to", group, 5353, *args, *bind)
+            print(f"mDNS {kind} over IPv{family}: {len(query)} bytes, answer {ratio:.1f} times that")
+            worst = max(worst, ratio)
+    assert worst <= factor

@@ -9,6 +9,9 @@ import time
 from tests import apps
 from tests.support import DEADLINE, aio, eventually, listener_address, stop
 
+UNCAPPED = ", amplification: null"  # apps.Inspect answers with the message as JSON, far past 10 x a small datagram
+
+
 def plain(name="echo", bind="127.0.0.1", extra=""):
     return f"  - {{name: {name}, type: plain, bind: '{bind}', port: 0{extra}}}\n"
 
@@ -45,7 +48,7 @@ async def test_plain_echo_ipv6(gateway, client):
 @aio
 async def test_message_fields(gateway, client):
     """udp.receive carries type, reply_channel, client, server, listener and the interface."""
-    service = await gateway(config(plain()), app=apps.Inspect.as_asgi())
+    service = await gateway(config(plain(extra=UNCAPPED)), app=apps.Inspect.as_asgi())
     c = await client()
     address = listener_address(service, "echo")
     data, _ = await exchange(c, address, b"abc")
@@ -66,7 +69,7 @@ async def test_message_fields(gateway, client):
 @aio
 async def test_wildcard_server_is_real_destination(gateway, client):
     """A listener bound to 0.0.0.0 reports the datagram's real destination and interface."""
-    service = await gateway(config(plain(bind="0.0.0.0")), app=apps.Inspect.as_asgi())
+    service = await gateway(config(plain(bind="0.0.0.0", extra=UNCAPPED)), app=apps.Inspect.as_asgi())
     c = await client()
     port = listener_address(service, "echo")[1]
     data, source = await exchange(c, ("127.0.0.1", port), b"?")
@@ -79,7 +82,7 @@ async def test_wildcard_server_is_real_destination(gateway, client):
 @aio
 async def test_three_listeners_reply_from_their_own_ports(gateway, client):
     """With three listeners and one app, each reply leaves from the port its request arrived on."""
-    service = await gateway(config(plain("a"), plain("b"), plain("c")), app=apps.Inspect.as_asgi())
+    service = await gateway(config(*(plain(name, extra=UNCAPPED) for name in "abc")), app=apps.Inspect.as_asgi())
     c = await client()
     channels = set()
     for name in "abc":
@@ -149,7 +152,8 @@ async def test_bad_replies_dropped_good_one_still_goes_out(gateway, client):
 @aio
 async def test_expired_reply_channel_is_dropped(gateway, client):
     """Past reply_ttl, a reply channel no longer reaches its client."""
-    service = await gateway(config(plain(), limits="limits: {reply_ttl: 0.3}\n"), app=apps.Inspect.as_asgi())
+    service = await gateway(config(plain(extra=UNCAPPED), limits="limits: {reply_ttl: 0.3}\n"),
+                            app=apps.Inspect.as_asgi())
     c = await client()
     message = json.loads((await exchange(c, listener_address(service, "echo"), b"x"))[0])
     await asyncio.sleep(0.5)
@@ -166,7 +170,8 @@ async def test_wall_clock_step_keeps_reply_channels(gateway, client, monkeypatch
 
     from gateway.clock import MONOTONIC
 
-    service = await gateway(config(plain(), limits="limits: {reply_ttl: 5}\n"), app=apps.Inspect.as_asgi())
+    service = await gateway(config(plain(extra=UNCAPPED), limits="limits: {reply_ttl: 5}\n"),
+                            app=apps.Inspect.as_asgi())
     c = await client()
     message = json.loads((await exchange(c, listener_address(service, "echo"), b"x"))[0])
     step = 3600 + time.time()
@@ -180,7 +185,8 @@ async def test_wall_clock_step_keeps_reply_channels(gateway, client, monkeypatch
 @aio
 async def test_least_recently_used_reply_channel_forgotten(gateway, client):
     """Past max_reply_channels the least recently used client's channel is forgotten."""
-    service = await gateway(config(plain(), limits="limits: {max_reply_channels: 2}\n"), app=apps.Inspect.as_asgi())
+    service = await gateway(config(plain(extra=UNCAPPED), limits="limits: {max_reply_channels: 2}\n"),
+                            app=apps.Inspect.as_asgi())
     address = listener_address(service, "echo")
     clients = [await client() for _ in range(3)]
     channels = [json.loads((await exchange(c, address, b"x"))[0])["reply_channel"] for c in clients]

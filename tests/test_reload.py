@@ -288,7 +288,8 @@ def test_reload_moves_a_multicast_listener_to_other_groups(pair, run_gateway, tm
     from tests.test_multicast_netns import APP, G4, answer, ask
 
     path = tmp_path / "mc.yaml"
-    text = "application: nsapp:application\nlisteners:\n  - {{name: m, type: multicast, port: 5000, groups: [{}]}}\n"
+    text = ("application: nsapp:application\nlisteners:\n"  # APP's JSON answers: past 10 x the requests
+            "  - {{name: m, type: multicast, port: 5000, groups: [{}], amplification: null}}\n")
     path.write_text(text.format(G4))
     gateway = run_gateway(path=path, modules={"nsapp": APP})
     assert answer(ask(pair, G4, 5000)[0])[1]["server"] == [G4, 5000]

@@ -149,7 +149,7 @@ async def test_without_pktinfo_server_falls_back_to_bound_address(gateway, clien
     """Where IP_PKTINFO is unavailable a wildcard listener still answers; `server` is then the bound address."""
     monkeypatch.setattr(sockopts, "IP_PKTINFO", None)
     text = ("channel_layer: {backend: memory}\napplication: tests.apps:raw_echo\nlisteners:\n"
-            "  - {name: p, type: plain, bind: 0.0.0.0, port: 0}\n")
+            "  - {name: p, type: plain, bind: 0.0.0.0, port: 0, amplification: null}\n")  # Inspect: JSON answers
     service = await gateway(text, app=apps.Inspect.as_asgi())
     port = service.listeners["p"].addresses()[0][1]
     c = await client()
