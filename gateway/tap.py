@@ -30,11 +30,12 @@ def makeService(options):
         raise SystemExit(2)
     from gateway.service import GatewayService
     from gateway.startup import load_application, load_or_exit
-    from listeners.activation import listen_fds
+    from listeners.activation import exec_environment, listen_fds
 
+    # First, before the application (or a module it imports) could read or inherit LISTEN_*.
+    inherited, note = listen_fds(os.environ, os.getpid(), exec_environment())
     config = load_or_exit(options["config"])
     app = load_application(config)
-    inherited, note = listen_fds(os.environ, os.getpid())  # before any child could inherit LISTEN_*
     if note:
         log.warn("{note}", note=note)
     fatal = FailedStart(reactor, getattr(options, "parent", None) or {})

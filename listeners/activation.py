@@ -14,15 +14,18 @@ class AdoptError(Exception):
     """An fd that cannot serve a listener; the message is the one line to show."""
 
 
-def listen_fds(environ, pid):
+def listen_fds(environ, pid, exec_environ=None):
     """({name: [fd, ...]}, note or None): the sockets systemd passed to process `pid`.
 
     As sd_listen_fds(unset_environment=1): LISTEN_PID, LISTEN_FDS and
     LISTEN_FDNAMES are removed from `environ` whatever they say, so children
     do not inherit them, and the passed fds get FD_CLOEXEC. An fd without a
-    name is named "unknown", as systemd does.
+    name is named "unknown", as systemd does. When LISTEN_FDS is gone from
+    `environ`, the three are read from `exec_environ` (see exec_environment).
     """
     values = {name: environ.pop(name, None) for name in _VARIABLES}
+    if values["LISTEN_FDS"] is None and exec_environ:
+        values = {name: exec_environ.get(name) for name in _VARIABLES}
     if values["LISTEN_FDS"] is None:
         return {}, None
     try:
@@ -39,6 +42,24 @@ def listen_fds(environ, pid):
         fd = SD_LISTEN_FDS_START + offset
         fds.setdefault(names[offset] if offset < len(names) else "unknown", []).append(fd)
     return fds, None
+
+
+def exec_environment(path="/proc/self/environ"):
+    """The LISTEN_* variables this process was exec'd with, as the kernel still holds them; {} if unreadable.
+
+    Importing twisted.internet.endpoints deletes LISTEN_PID and LISTEN_FDS from
+    os.environ (twisted.python.systemd.ListenFDs.fromEnvironment), and twistd
+    imports it before any plugin's code runs whenever it rebuilds a missing or
+    stale plugin cache (twisted/plugins/dropin.cache: a fresh install, or one
+    it cannot write). unsetenv() leaves the exec'd environment block intact.
+    """
+    try:
+        with open(path, "rb") as file:
+            block = file.read()
+    except OSError:
+        return {}
+    pairs = (os.fsdecode(entry).partition("=") for entry in block.split(b"\0") if entry)
+    return {name: value for name, _, value in pairs if name in _VARIABLES}
 
 
 def inspect(fd):

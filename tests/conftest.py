@@ -8,6 +8,7 @@ from twisted.internet import defer
 
 from tests import support
 from tests.netns import pair, remove_leftover_namespaces, run_gateway  # noqa: F401 (fixtures for the namespace tests)
+from tests.processes import interruptible_children
 
 
 def pytest_configure(config):
@@ -16,8 +17,12 @@ def pytest_configure(config):
 
 
 def pytest_sessionstart(session):
-    """Namespaces left by an earlier run that was killed (its pid is gone) are removed first."""
+    """Namespaces left by an earlier run that was killed (its pid is gone) are removed first.
+
+    Children get SIGINT's default action even when the suite was started with it ignored.
+    """
     remove_leftover_namespaces()
+    interruptible_children()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -21,6 +21,24 @@ UDPGATEWAY = BIN / "udpgateway"
 _LISTENER = re.compile(r"listener (\S+) \((\w+)\) on \[?([^\s\]]+)\]?:(\d+) -> (\S+)")
 
 
+def interruptible_children():
+    """Children started from here on get SIGINT's default action, even if this process ignores SIGINT.
+
+    A suite started in the background of a non-interactive shell (`cmd &`, nohup, some CI
+    runners) inherits SIGINT ignored, and an ignored signal stays ignored across exec: every
+    child would ignore it too, and one without a SIGINT handler of its own (Django's
+    runworker, any Python program relying on KeyboardInterrupt) would not stop on the
+    Ctrl-C a test sends. A caught signal is reset to its default action by exec, so catching
+    SIGINT with a handler that does nothing leaves this process as deaf to it as before.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _not_interrupted)
+
+
+def _not_interrupted(signum, frame):
+    """SIGINT ignored, as it was before interruptible_children."""
+
+
 def child_env(extra=None):
     """The environment for a child: ours, the repo importable, plus `extra`."""
     env = dict(os.environ)

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from listeners import activation
-from tests.processes import GatewayProcess, listen_fds_wrapper
+from tests.processes import GatewayProcess, child_env, listen_fds_wrapper
 from tests.support import DEADLINE, skip_or_fail, wait_until
 from tests.test_twistd import udp_exchange, write
 
@@ -60,6 +60,31 @@ def test_listen_fds_not_for_us(environ, expected):
     fds, note = activation.listen_fds(environ, 42)
     assert fds == {} and note.startswith(expected)
     assert environ == {}
+
+
+def test_listen_fds_deleted_from_the_environment_are_read_from_the_exec_environment():
+    """LISTEN_PID and LISTEN_FDS already deleted (by Twisted) are taken, with the names, from the exec'd environment."""
+    environ = {"LISTEN_FDNAMES": "echo", "HOME": "/root"}
+    exec_environ = {"LISTEN_PID": "42", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "echo"}
+    assert activation.listen_fds(environ, 42, exec_environ) == ({"echo": [3]}, None)
+    assert environ == {"HOME": "/root"}
+    assert activation.listen_fds({}, 43, exec_environ)[1].startswith("LISTEN_FDS is meant for pid 42")
+
+
+def test_listen_fds_in_the_environment_win_over_the_exec_environment():
+    """Variables still in the environment are the ones used; the exec'd environment is only a fallback."""
+    environ = {"LISTEN_PID": "42", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "a:b"}
+    exec_environ = {"LISTEN_PID": "42", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "c"}
+    assert activation.listen_fds(environ, 42, exec_environ) == ({"a": [3], "b": [4]}, None)
+
+
+def test_exec_environment_keeps_the_listen_variables_of_the_block(tmp_path):
+    """A NUL-separated environment block gives its LISTEN_* variables only; an unreadable one gives {}."""
+    block = tmp_path / "environ"
+    block.write_bytes(b"HOME=/root\0LISTEN_PID=7\0LISTEN_FDS=1\0LISTEN_FDNAMES=a=b:c\0X=LISTEN_FDS=9\0")
+    assert activation.exec_environment(str(block)) == {
+        "LISTEN_PID": "7", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "a=b:c"}
+    assert activation.exec_environment(str(tmp_path / "missing")) == {}
 
 
 def test_listen_fds_without_names_are_unknown():
@@ -116,7 +141,20 @@ def test_mismatch(bind, port, expected):
 # -- real twistd with handed-over sockets ------------------------------------
 
 
-def test_listen_fdnames_hand_a_bound_socket_to_its_listener(tmp_path, processes):
+def plugin_cache_rebuild(tmp_path):
+    """The environment of a twistd that imports a plugin module without a dropin.cache before any plugin's code runs.
+
+    It imports twisted.internet.endpoints, as twisted_core.py does whenever twistd rebuilds
+    Twisted's own missing or stale plugin cache; that import deletes LISTEN_PID and LISTEN_FDS.
+    """
+    plugins = tmp_path / "plugins_path" / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "uncached.py").write_text("import twisted.internet.endpoints  # as twisted_core.py does\n")
+    return {"PYTHONPATH": os.pathsep.join([str(plugins.parent.parent), child_env()["PYTHONPATH"]])}
+
+
+@pytest.mark.parametrize("rebuild", [False, True], ids=["plugin-cache-fresh", "plugin-cache-rebuilt"])
+def test_listen_fdnames_hand_a_bound_socket_to_its_listener(tmp_path, processes, rebuild):
     """A socket passed as LISTEN_FDS with LISTEN_FDNAMES=echo serves listener echo; another listener binds."""
     sock = bound_udp()
     port = sock.getsockname()[1]
@@ -124,8 +162,10 @@ def test_listen_fdnames_hand_a_bound_socket_to_its_listener(tmp_path, processes)
             f"  - {{name: echo, type: plain, bind: 127.0.0.1, port: {port}}}\n"
             "  - {name: other, type: plain, bind: 127.0.0.1, port: 0}\n")
     config = write(tmp_path, text, envapp=ENV_APP)
+    env = plugin_cache_rebuild(tmp_path) if rebuild else None
     try:
-        gateway = GatewayProcess(config, pass_fds=[sock.fileno()], wrapper=listen_fds_wrapper([sock.fileno()], ["echo"]))
+        gateway = GatewayProcess(config, env=env, pass_fds=[sock.fileno()],
+                                 wrapper=listen_fds_wrapper([sock.fileno()], ["echo"]))
         processes.start(gateway)
     finally:
         sock.close()  # from here on only the gateway holds the socket

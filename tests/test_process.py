@@ -1,11 +1,13 @@
 """Signals of the gateway (twistd) and of `udpgateway worker`, over real processes."""
 
 import signal
+import sys
 
 import pytest
 
 from tests import scaleout
-from tests.processes import GatewayProcess
+from tests.processes import GatewayProcess, Process, interruptible_children
+from tests.support import DEADLINE
 from tests.test_twistd import ECHO_APP, echo_config, udp_exchange, write
 
 OPERATOR_SIGNALS = [
@@ -104,3 +106,17 @@ def udp_exchange_no_answer(port):
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"sleep", ("127.0.0.1", port))
+
+
+def test_a_child_stops_on_sigint_even_when_the_suite_ignores_sigint(processes):
+    """A child without a SIGINT handler of its own (as runworker) stops on SIGINT though the suite ignores SIGINT."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in `pytest &` from a script, or under nohup
+    try:
+        interruptible_children()
+        child = processes.start(Process([sys.executable, "-c", "import time; print('ready', flush=True); "
+                                         f"time.sleep({4 * DEADLINE})"]), ready=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    child.wait_for("ready")
+    child.send_signal(signal.SIGINT)
+    assert child.wait_exit() == -signal.SIGINT, child.log_text()  # KeyboardInterrupt ends Python by SIGINT

@@ -27,7 +27,7 @@ from tests.scaleout import (
     worker_process,
     write_config,
 )
-from tests.support import aio, eventually, listener_address, stop, wait_until
+from tests.support import DEADLINE, aio, eventually, listener_address, stop, wait_until
 from tests.udpclients import Clients
 
 pytestmark = pytest.mark.redis
@@ -137,7 +137,7 @@ def test_django_runworker_answers_through_the_gateway(tmp_path, processes, redis
     assert all(r.source == address for r in replies)
     assert runworker.proc.poll() is None
     runworker.send_signal(signal.SIGINT)  # what Ctrl-C does; runworker has no SIGTERM handler of its own
-    assert runworker.wait_exit(20) == 0, runworker.log_text()
+    assert runworker.wait_exit(DEADLINE) == 0, runworker.log_text()
     stop_all(gateway)
     assert_clean_log(runworker)
 
