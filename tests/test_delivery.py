@@ -11,7 +11,7 @@ from gateway.runner import AppRunner
 from gateway.stats import Counters, QuietLog
 from gateway.tokens import TokenTable
 from listeners.base import Datagram, Route
-from tests.support import aio
+from tests.support import aio, eventually
 
 PREFIX = "udp.send.test!"
 
@@ -60,14 +60,6 @@ class FailingLayer:
     async def send(self, channel, message):
         raise self.error
 
-
-async def until(condition, timeout=5.0):
-    """Wait (bounded) until condition() holds, yielding to the loop in between."""
-    loop = asyncio.get_event_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0)
 
 
 @aio
@@ -124,13 +116,13 @@ async def test_send_queue_holds_1000_datagrams_then_drops_the_arriving_one():
     delivery.start()
     delivery.ready = True
     delivery(datagram(b"in flight"))
-    await until(lambda: layer.waiting == 1)
+    await eventually(lambda: layer.waiting == 1)
     for n in range(SEND_QUEUE + 5):
         delivery(datagram(b"%d" % n))
     assert SEND_QUEUE == 1000
     assert counters.get("dropped_queue_full") == 5
     layer.release.set()
-    await until(lambda: len(layer.sent) == 1 + SEND_QUEUE)
+    await eventually(lambda: len(layer.sent) == 1 + SEND_QUEUE)
     await delivery.flush()
     delivery.stop()
     assert [m["data"] for _, m in layer.sent[:2]] == [b"in flight", b"0"]
@@ -147,12 +139,12 @@ async def test_layer_sends_in_flight_bounded_by_the_layer():
     delivery.ready = True
     for n in range(10):
         delivery(datagram(b"%d" % n))
-    await until(lambda: held.waiting == 3)
+    await eventually(lambda: held.waiting == 3)
     for _ in range(20):
         await asyncio.sleep(0)
     assert held.waiting == 3
     held.release.set()
-    await until(lambda: len(held.sent) == 10)
+    await eventually(lambda: len(held.sent) == 10)
     await delivery.flush()
     delivery.stop()
 
@@ -167,7 +159,7 @@ async def test_layer_failures_are_counted_by_kind():
         delivery.ready = True
         delivery(datagram())
         delivery(datagram())
-        await until(lambda: counters.get(counter) == 2)
+        await eventually(lambda: counters.get(counter) == 2)
         await delivery.flush()
         delivery.stop()
         assert counters.snapshot() == {"received": 2, counter: 2}
@@ -187,7 +179,7 @@ async def test_memory_mode_admission_drops_past_max_concurrency():
     delivery.ready = True
     for n in range(3):
         delivery(datagram(b"%d" % n))
-    await until(lambda: len(received) == 2)
+    await eventually(lambda: len(received) == 2)
     release.set()
     await delivery.flush()
     delivery.stop()
@@ -211,7 +203,7 @@ async def test_a_failed_send_gives_its_slot_back():
     delivery.ready = True
     for n in range(3):
         delivery(datagram())
-        await until(lambda: runner.counters.get("app_errors") == n + 1)
+        await eventually(lambda: runner.counters.get("app_errors") == n + 1)
     await delivery.flush()
     delivery.stop()
     assert "dropped_concurrency" not in counters.snapshot()

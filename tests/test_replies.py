@@ -10,7 +10,7 @@ from gateway.replies import ReplyPump
 from gateway.stats import Counters, QuietLog
 from gateway.tokens import TokenTable
 from listeners.base import BadRoute, Datagram, Route
-from tests.support import aio
+from tests.support import aio, eventually
 
 PREFIX = "udp.send.test!"
 
@@ -61,13 +61,6 @@ class Setup:
         return PREFIX + self.tokens.token_for(("echo", client), stored_route(datagram))  # as delivery keeps it
 
 
-async def until(condition, timeout=5.0):
-    loop = asyncio.get_event_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.001)
-
 
 @aio
 async def test_reply_goes_to_the_client_that_sent():
@@ -90,7 +83,7 @@ async def test_one_reply_channel_carries_many_replies():
     channel = s.channel_for()
     for n in range(5):
         await s.layer.send(channel, {"type": "udp.send", "data": b"%d" % n})
-    await until(lambda: len(s.listener.replies) == 5)
+    await eventually(lambda: len(s.listener.replies) == 5)
     s.pump.stop()
     assert [data for _, data in s.listener.replies] == [b"0", b"1", b"2", b"3", b"4"]
 
@@ -103,7 +96,7 @@ async def test_reply_to_an_unknown_token_is_dropped():
     good = s.channel_for()
     await s.layer.send(PREFIX + "forged", {"type": "udp.send", "data": b"?"})
     await s.layer.send(good, {"type": "udp.send", "data": b"good"})
-    await until(lambda: s.listener.replies)
+    await eventually(lambda: s.listener.replies)
     s.pump.stop()
     assert [data for _, data in s.listener.replies] == [b"good"]
     assert s.counters.snapshot() == {"dropped_unknown_token": 1, "replied": 1}
@@ -117,7 +110,7 @@ async def test_reply_after_reply_ttl_is_dropped():
     channel = s.channel_for()
     s.clock.advance(61)
     await s.layer.send(channel, {"type": "udp.send", "data": b"late"})
-    await until(lambda: s.counters.get("dropped_unknown_token") == 1)
+    await eventually(lambda: s.counters.get("dropped_unknown_token") == 1)
     s.pump.stop()
     assert s.listener.replies == []
 
@@ -133,7 +126,7 @@ async def test_bad_replies_are_dropped_by_reason():
            {"type": "udp.send", "data": b"x", "multicast": True}, {"type": "udp.send", "data": b"x" * 65508}]
     for reply in bad + [{"type": "udp.send", "data": b"x" * 65507}]:
         await s.layer.send(channel, reply)
-    await until(lambda: s.listener.replies)
+    await eventually(lambda: s.listener.replies)
     s.pump.stop()
     assert [len(data) for _, data in s.listener.replies] == [65507]
     assert s.counters.snapshot() == {"dropped_bad_message": 4, "dropped_too_large": 1, "replied": 1}

@@ -10,7 +10,7 @@ from gateway.admission import Admission
 from gateway.layers import InMemoryChannelLayer
 from gateway.runner import AppRunner
 from gateway.stats import Counters, QuietLog
-from tests.support import aio
+from tests.support import aio, eventually
 
 CHANNEL = "udp.receive"
 
@@ -27,13 +27,6 @@ def make(app, layer=None, *, max_concurrency=10, reserve=False):
                        quiet=QuietLog(clock=Clock()), wait_before_receive=not reserve)
     return runner, layer, counters
 
-
-async def until(condition, timeout=5.0):
-    loop = asyncio.get_event_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.001)
 
 
 class Gate:
@@ -68,7 +61,7 @@ async def test_second_receive_ends_the_instance_cleanly():
     for n in range(3):
         await layer.send(CHANNEL, message(n))
     replies = [await asyncio.wait_for(layer.receive_single("udp.send.test!"), 5) for _ in range(3)]
-    await until(lambda: runner.active == 0)
+    await eventually(lambda: runner.active == 0)
     runner.stop_receiving()
     assert sorted(m["data"] for _, m in replies) == [b"0", b"1", b"2"]
     assert sorted(handled) == [b"0", b"1", b"2"]
@@ -104,7 +97,7 @@ async def test_an_application_error_is_counted_and_the_next_message_served():
     await layer.send(CHANNEL, message(0))
     await layer.send(CHANNEL, message(1))
     _, reply = await asyncio.wait_for(layer.receive_single("udp.send.test!"), 5)
-    await until(lambda: counters.get("app_errors") == 1)
+    await eventually(lambda: counters.get("app_errors") == 1)
     runner.stop_receiving()
     assert reply["data"] == b"1"
 
@@ -120,7 +113,7 @@ async def test_send_accepts_only_udp_send():
     runner, layer, counters = make(app)
     runner.start()
     await layer.send(CHANNEL, message(0))
-    await until(lambda: counters.get("app_errors") == 1)
+    await eventually(lambda: counters.get("app_errors") == 1)
     runner.stop_receiving()
 
 
@@ -132,13 +125,13 @@ async def test_shared_mode_stops_receiving_at_max_concurrency():
     runner.start()
     for n in range(4):
         await layer.send(CHANNEL, message(n))
-    await until(lambda: len(app.started) == 2)
+    await eventually(lambda: len(app.started) == 2)
     # Another consumer of the channel (a second worker) gets the next message at once.
     other = await asyncio.wait_for(layer.receive(CHANNEL), 5)
     assert other["data"] == b"2" and app.started == [b"0", b"1"]
     app.release.set()
-    await until(lambda: len(app.started) == 3)
-    await until(lambda: runner.active == 0)
+    await eventually(lambda: len(app.started) == 3)
+    await eventually(lambda: runner.active == 0)
     runner.stop_receiving()
     assert app.started == [b"0", b"1", b"3"]
 
@@ -153,12 +146,12 @@ async def test_memory_mode_reserves_slots_up_to_max_concurrency():
     assert admission.try_acquire() and admission.try_acquire()
     assert not admission.try_acquire()
     runner.run(CHANNEL, message(0))  # delivery's hand-off, with one of the reserved slots
-    await until(lambda: app.started == [b"0"])
+    await eventually(lambda: app.started == [b"0"])
     assert not admission.try_acquire()  # one running, one reserved
     admission.release()
     assert admission.try_acquire()
     app.release.set()
-    await until(lambda: runner.active == 0)
+    await eventually(lambda: runner.active == 0)
     runner.stop_receiving()
 
 
@@ -169,7 +162,7 @@ async def test_drain_cancels_calls_past_the_timeout():
     runner, layer, counters = make(app)
     runner.start()
     await layer.send(CHANNEL, message(0))
-    await until(lambda: app.started == [b"0"])
+    await eventually(lambda: app.started == [b"0"])
     runner.stop_receiving()
     await runner.drain(0.01)
     assert runner.active == 0
@@ -200,7 +193,7 @@ async def test_failed_receive_counts_layer_errors_and_retries_after_a_second():
     runner, _, counters = make(app, layer)
     runner.start()
     await layer.send(CHANNEL, message(7))
-    await until(lambda: app.started == [b"7"], timeout=10)
+    await eventually(lambda: app.started == [b"7"], timeout=10)
     runner.stop_receiving()
     assert counters.get("layer_errors") == 2
     first, second, third = layer.attempts[:3]  # two failures, then the receive that got the message
