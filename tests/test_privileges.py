@@ -74,14 +74,19 @@ def ids_of(pid):
     return (int(uids[0]), int(uids[1])), (int(gids[0]), int(gids[1]))
 
 
+def echo_run_dir(top):
+    """(a new directory readable by the user nobody, its gateway.yaml path), with the echo application in it."""
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=top))
+    run_dir.chmod(0o755)
+    (run_dir / "echoapp.py").write_text(ECHO_APP)
+    return run_dir, run_dir / "gateway.yaml"
+
+
 def test_low_port_is_bound_before_twistd_drops_privileges(world_readable_install):
     """As root with -u nobody -g nogroup, a plain listener on a port below 1024 binds, then serves as nobody."""
     top = world_readable_install
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=top))
-    run_dir.chmod(0o755)
+    run_dir, config = echo_run_dir(top)
     port = free_low_port()
-    (run_dir / "echoapp.py").write_text(ECHO_APP)
-    config = run_dir / "gateway.yaml"
     config.write_text(f"application: echoapp:application\nlisteners:\n"
                       f"  - {{name: echo, type: plain, bind: 127.0.0.1, port: {port}}}\n")
     options = ["-n", "--pidfile=", "-u", USER, "-g", GROUP]
@@ -128,11 +133,8 @@ def test_socket_activated_gateway_never_runs_as_root(world_readable_install):
     """Started as nobody from the first instruction, the gateway serves a port below 1024 on a socket
     root bound and passed as LISTEN_FDS (the exec wrapper does what systemd-socket-activate does)."""
     top = world_readable_install
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=top))
-    run_dir.chmod(0o755)
+    run_dir, config = echo_run_dir(top)
     port = free_low_port()
-    (run_dir / "echoapp.py").write_text(ECHO_APP)
-    config = run_dir / "gateway.yaml"
     config.write_text(f"application: echoapp:application\nlisteners:\n"
                       f"  - {{name: echo, type: plain, bind: 127.0.0.1, port: {port}}}\n")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -159,11 +161,8 @@ def test_socket_activated_gateway_never_runs_as_root(world_readable_install):
 def test_reload_cannot_bind_a_low_port_after_privileges_dropped(world_readable_install):
     """Under -u nobody a reload adding a port below 1024 fails to bind and is rolled back; the rest serves."""
     top = world_readable_install
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=top))
-    run_dir.chmod(0o755)
+    run_dir, config = echo_run_dir(top)
     port = free_low_port()
-    (run_dir / "echoapp.py").write_text(ECHO_APP)
-    config = run_dir / "gateway.yaml"
     listener = "  - {{name: {name}, type: plain, bind: 127.0.0.1, port: {port}}}\n"
     config.write_text("application: echoapp:application\nlisteners:\n" + listener.format(name="echo", port=port))
     gateway = GatewayProcess(str(config), cwd=run_dir, twistd=top / "venv" / "bin" / "twistd",
