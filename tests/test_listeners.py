@@ -138,13 +138,6 @@ class FlakySocket:
         return self._read("recvmsg", *args)
 
 
-async def _until(predicate, timeout=5.0):
-    deadline = asyncio.get_event_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_event_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def _real_listener(sink, bind="127.0.0.1"):
     from twisted.internet import reactor
 
@@ -169,7 +162,7 @@ async def test_socket_read_error_is_counted_and_the_port_keeps_reading(bind):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             for data in (b"one", b"two"):
                 client.sendto(data, ("127.0.0.1", port.getHost().port))
-            await _until(lambda: len(received) == 2)
+            await eventually(lambda: len(received) == 2)
         assert [d.data for d in received] == [b"one", b"two"]
         assert listener.counters.get("receive_errors") == 3
         assert [e["log_format"] for e in log_events] == ["listener {name}: reading a datagram failed ({err})"] * 2
@@ -194,7 +187,7 @@ async def test_handler_exception_is_counted_and_logged_once():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             for data in (b"bad", b"bad", b"bad", b"good"):
                 client.sendto(data, ("127.0.0.1", port.getHost().port))
-            await _until(lambda: received)
+            await eventually(lambda: received)
         assert listener.counters.get("receive_errors") == 3
         assert len(log_events) == 1 and log_events[0]["log_failure"].type is RuntimeError
     finally:
