@@ -17,7 +17,6 @@ included) is stopped by PID, even when a start fails.
 
 import argparse
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import clients  # noqa: E402
 import servers  # noqa: E402
 from servers import BIN, CHILDREN, REPO, stop, stop_children  # noqa: E402
 
@@ -52,57 +52,6 @@ def start_redis(tmp):
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", tmp]
     return start(argv, r"Ready to accept connections", tmp)[0], port
-
-
-def latency(port, count, size, budget):
-    """Round-trip times in microseconds, one datagram in flight."""
-    payload = os.urandom(size)
-    times = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(1.0)
-        deadline = time.monotonic() + budget
-        for _ in range(count):
-            if time.monotonic() > deadline:
-                break
-            t0 = time.perf_counter()
-            s.sendto(payload, ("127.0.0.1", port))
-            try:
-                s.recvfrom(65535)
-            except socket.timeout:
-                continue
-            times.append((time.perf_counter() - t0) * 1e6)
-    return times
-
-
-def throughput(port, count, size, window, budget):
-    """(answered per second, answered, sent) with up to `window` datagrams in flight."""
-    payload = os.urandom(size)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.setblocking(False)
-        sent = answered = 0
-        t0 = time.perf_counter()
-        deadline = last_progress = time.monotonic()
-        deadline += budget
-        while answered < count and time.monotonic() < deadline:
-            while sent < count and sent - answered < window:
-                try:
-                    s.sendto(payload, ("127.0.0.1", port))
-                except BlockingIOError:
-                    break
-                sent += 1
-            ready, _, _ = select.select([s], [], [], 0.2)
-            while ready:
-                try:
-                    s.recvfrom(65535)
-                except BlockingIOError:
-                    break
-                answered += 1
-                last_progress = time.monotonic()
-            if sent > answered and time.monotonic() - last_progress > 0.5:
-                sent = answered  # count the rest as lost and refill the window
-        elapsed = time.perf_counter() - t0
-    return answered / elapsed if elapsed else 0.0, answered, sent
 
 
 def _terminated(signum, frame):
@@ -168,12 +117,12 @@ def run_udp_row(kind, backend, workers, redis_port, tmp, processes, args, redis_
         else:
             argv = [str(BIN / "udpgateway"), "worker", "-c", config]
             processes.append(start_with(env, argv, r"udpgateway worker consuming", tmp)[0])
-    if not latency(port, 200, args.size, 20.0)[:1]:
+    if not clients.ping(port, 200, args.size, 20.0)[0]:
         raise RuntimeError("no answer within 20 s")
-    times = latency(port, args.pings, args.size, args.budget)
+    times = clients.ping(port, args.pings, args.size, args.budget)[0]
     pids = [redis_pid] + [p.pid for p in processes]
     cpu = cpu_seconds(pids) + time.process_time()  # the client is this process
-    rate, answered, sent = throughput(port, args.count, args.size, args.window, args.budget)
+    rate, answered, sent = clients.window(port, args.count, args.size, args.window, 1, args.budget)
     cpu = cpu_seconds(pids) + time.process_time() - cpu
     return times, rate, answered, sent, cpu
 
