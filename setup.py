@@ -26,7 +26,7 @@ setup(
         "prometheus-client>=0.20",  # the /metrics endpoint: pure Python, no dependencies of its own
     ],
     extras_require={
-        "redis": ["channels-redis>=4.3,<4.4", "redis>=5"],
+        "redis": ["channels-redis>=4.3,<4.4", "redis>=5", "hiredis>=3.2"],
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
@@ -34,6 +34,7 @@ setup(
             "django>=4.2",
             "channels-redis>=4.3,<4.4",
             "redis>=5",
+            "hiredis>=3.2",  # replies parsed in C straight into futures (gateway/layers/wire.py)
             "dnslib>=0.9.24",
             "zeroconf>=0.130",
             "async-upnp-client>=0.44",

@@ -26,9 +26,9 @@ class CountingLayer(BatchingRedisChannelLayer):
         super().__init__(**config)
         self.calls = []
 
-    async def _run_send_script(self, index, sends):
+    def _send_script_arguments(self, sends):
         self.calls.append(len(sends))
-        return await super()._run_send_script(index, sends)
+        return super()._send_script_arguments(sends)
 
 
 def test_same_config_keys_and_defaults_as_channels_redis():

@@ -19,14 +19,21 @@ processes both ways. What differs:
 """
 
 import asyncio
+import functools
 import time
 
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.layers.inbox import Inbox
 from gateway.layers.wire import Script, wire_for
+
+# What a send script written on a live connection may fail with and still go the way that
+# reconnects and loads the script; any other error reply goes to the senders as it is.
+_RETRIED = (NoScriptError, RedisConnectionError, RedisTimeoutError, OSError)
 
 RECEIVE_BATCH = 64  # messages one receive round trip may pop per host
 
@@ -102,27 +109,57 @@ class _SendBatch:
             if index in self.busy or index not in self.pending:
                 continue
             self.busy.add(index)
-            task = self.loop.create_task(self._call(index, self.pending.pop(index)))
-            self.flushes.add(task)
-            task.add_done_callback(self.flushes.discard)
+            sends = self.pending.pop(index)
+            # On a live connection the call is written now and settled from its reply, with no
+            # task; a failure (Redis restarted, script not loaded) goes the way that retries.
+            written = self.layer._request_send_script(index, sends)
+            if written is None:
+                self._retry(index, sends)
+            else:
+                self.flushes.add(written)
+                written.add_done_callback(functools.partial(self._written, index, sends))
+
+    def _written(self, index, sends, written):
+        self.flushes.discard(written)
+        failure = None if written.cancelled() else written.exception()
+        if written.cancelled() or isinstance(failure, _RETRIED):
+            self._retry(index, sends)
+        elif failure is not None:
+            self._fail(index, sends, failure)
+        else:
+            self._settle(index, sends, written.result())
+
+    def _retry(self, index, sends):
+        task = self.loop.create_task(self._call(index, sends))
+        self.flushes.add(task)
+        task.add_done_callback(self.flushes.discard)
 
     async def _call(self, index, sends):
         try:
             added = await self.layer._run_send_script(index, sends)
         except BaseException as exc:
-            for *_, future in sends:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            self._fail(index, sends, exc if isinstance(exc, Exception) else asyncio.CancelledError())
             if not isinstance(exc, Exception):
                 raise
         else:
-            for (*_, future), ok in zip(sends, added):
-                if not future.done():
-                    future.set_result(ok == 49)  # b"1"
-        finally:
-            self.busy.discard(index)
-            if index in self.pending:
-                self.flush([index])
+            self._settle(index, sends, added)
+
+    def _fail(self, index, sends, exc):
+        for *_, future in sends:
+            if not future.done():
+                future.set_exception(exc)
+        self._done(index)
+
+    def _settle(self, index, sends, added):
+        for (*_, future), ok in zip(sends, added):
+            if not future.done():
+                future.set_result(ok == 49)  # b"1"
+        self._done(index)
+
+    def _done(self, index):
+        self.busy.discard(index)
+        if index in self.pending:
+            self.flush([index])
 
 
 class _LoopState:
@@ -267,12 +304,20 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
             wire = wires[owner, index] = wire_for(self.connection(index))
         return wire
 
-    async def _run_send_script(self, index, sends):
+    def _send_script_arguments(self, sends):
         keys, args = [], [int(time.time()) - int(self.expiry), int(self.expiry)]
         for key, payload, capacity, _future in sends:
             keys.append(key)
             args += [payload, capacity, repr(self._score())]
-        return await self._wire(None, index).call(_SEND_SCRIPT, keys, args)
+        return keys, args
+
+    def _request_send_script(self, index, sends):
+        """The future of the send script's reply, written now; None when the host's connection is not live."""
+        wire = self._wire(None, index)
+        return wire.request(_SEND_SCRIPT, *self._send_script_arguments(sends)) if wire.connected else None
+
+    async def _run_send_script(self, index, sends):
+        return await self._wire(None, index).call(_SEND_SCRIPT, *self._send_script_arguments(sends))
 
     def _popper(self, key):
         """`pop(index, count)` for the Inbox of `key`: one round trip per batch.
