@@ -236,3 +236,62 @@ def test_async_to_sync_sends_leave_no_connection_open(redis_server):
     assert not errors and not thread.is_alive()
     assert redis_server.command(b"ZCARD", b"asgisync") == b":3"
     assert redis_server.info(b"clients")["connected_clients"] == "1"  # only this INFO's own connection
+
+
+def test_send_ahead_is_validated():
+    """send_ahead is a count of 0 or more (0, the default, makes every send wait for Redis' answer)."""
+    assert BatchingRedisChannelLayer().send_ahead == 0
+    for bad in (-1, True, 1.5, "8"):
+        with pytest.raises(ValueError, match="send_ahead"):
+            BatchingRedisChannelLayer(send_ahead=bad)
+
+
+@aio
+async def test_sends_ahead_return_before_redis_answers_and_keep_their_order(redis_server):
+    """With send_ahead, one task's sends in a row return at once and go to Redis together, in order."""
+    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 8}, cls=CountingLayer)
+    try:
+        for n in range(40):
+            await layer.send("ahead", {"type": "t", "n": n})
+        assert len(layer.calls) < 40 and max(layer.calls) > 1, layer.calls
+        assert [(await layer.receive("ahead"))["n"] for _ in range(40)] == list(range(40))
+        assert layer.sent_ahead_lost == 0
+    finally:
+        await layer.close_pools()
+
+
+@aio
+async def test_sends_ahead_overshoot_capacity_by_at_most_send_ahead_then_raise(redis_server):
+    """Near capacity sends wait for Redis again: ChannelFull comes, and the channel never holds more than
+    capacity + send_ahead messages, none lost."""
+    layer = _layer(redis_server, capacity=10, send_ahead=4)
+    stock = _layer(redis_server, STOCK)
+    try:
+        with pytest.raises(ChannelFull):
+            for n in range(30):
+                await layer.send("small", {"type": "t", "n": n})
+        await asyncio.sleep(0)
+        held = int(redis_server.command(b"ZCARD", b"asgismall")[1:])
+        assert 10 <= held <= 14 and layer.sent_ahead_lost == 0
+        assert [(await stock.receive("small"))["n"] for _ in range(held)] == list(range(held))
+    finally:
+        await layer.close_pools()
+        await stock.close_pools()
+
+
+@aio
+async def test_a_send_ahead_lost_with_redis_is_counted_and_the_next_send_raises(redis_server):
+    """Sends that returned before Redis died are counted lost (send_ahead of them at most), and a send
+    after them waits and raises."""
+    from redis.exceptions import RedisError
+
+    layer = _layer(redis_server, capacity=1000, send_ahead=4)
+    try:
+        await layer.send("gone", {"type": "t"})  # its answer shows room: the next send goes ahead
+        redis_server.kill()
+        with pytest.raises((RedisError, OSError)):
+            for _ in range(4 + 2):
+                await layer.send("gone", {"type": "t"})
+        assert 1 <= layer.sent_ahead_lost <= 4
+    finally:
+        await layer.close_pools()

@@ -20,6 +20,7 @@ processes both ways. What differs:
 
 import asyncio
 import functools
+import logging
 import time
 
 from channels.exceptions import ChannelFull
@@ -35,7 +36,13 @@ from gateway.layers.wire import Script, wire_for
 # reconnects and loads the script; any other error reply goes to the senders as it is.
 _RETRIED = (NoScriptError, RedisConnectionError, RedisTimeoutError, OSError)
 
+FULL, ADDED, NEAR_FULL = b"012"  # the send script's answer per message
+
+LOST_LOG_INTERVAL = 10.0  # seconds between two log lines about sends ahead that were lost
+
 RECEIVE_BATCH = 64  # messages one receive round trip may pop per host
+
+logger = logging.getLogger(__name__)
 
 RECENT_NAMES = 4096  # channel names whose validity and capacity are remembered (then forgotten at once)
 
@@ -50,11 +57,13 @@ end
 return table.concat(parts)
 """)
 
-# KEYS: one per message. ARGV: expired-before score, expiry seconds, then
-# (message, capacity, score) per message. Returns one string, "1" (added) or
-# "0" (full) per message: one reply to parse instead of one per message.
+# KEYS: one per message. ARGV: expired-before score, expiry seconds, the
+# send-ahead margin, then (message, capacity, score, sent ahead "1"/"0") per
+# message; a message sent ahead may go up to capacity + margin. Returns one
+# string, per message "0" (full), "1" (added) or "2" (added, and its channel
+# is now within the margin of its capacity): one reply to parse, not one per message.
 _SEND_SCRIPT = Script("""
-local cutoff, expiry = ARGV[1], ARGV[2]
+local cutoff, expiry, margin = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local counts, added = {}, {}
 for i = 1, #KEYS do
     local key = KEYS[i]
@@ -62,11 +71,20 @@ for i = 1, #KEYS do
         redis.call('ZREMRANGEBYSCORE', key, 0, cutoff)
         counts[key] = redis.call('ZCARD', key)
     end
-    local base = 3 * i
-    if counts[key] < tonumber(ARGV[base + 1]) then
+    local base = 4 * i
+    local capacity = tonumber(ARGV[base + 1])
+    local limit = capacity
+    if ARGV[base + 3] == '1' then
+        limit = capacity + margin
+    end
+    if counts[key] < limit then
         redis.call('ZADD', key, ARGV[base + 2], ARGV[base])
         counts[key] = counts[key] + 1
-        added[i] = '1'
+        if counts[key] + margin >= capacity then
+            added[i] = '2'
+        else
+            added[i] = '1'
+        end
     else
         added[i] = '0'
     end
@@ -89,17 +107,18 @@ class _SendBatch:
     def __init__(self, layer, loop):
         self.layer = layer
         self.loop = loop
-        self.pending = {}     # host index -> [(key, payload, capacity, future)]
+        self.pending = {}     # host index -> [(key, payload, capacity, sent ahead, future)]
         self.busy = set()     # host indexes with a call in flight
         self.flushes = set()  # script calls in flight
         self._scheduled = False
 
-    def add(self, index, key, payload, capacity):
+    def add(self, index, key, payload, capacity, ahead=False):
+        """The future of the script's answer for this message: ADDED, NEAR_FULL or FULL."""
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)
         future = self.loop.create_future()
-        self.pending.setdefault(index, []).append((key, payload, capacity, future))
+        self.pending.setdefault(index, []).append((key, payload, capacity, ahead, future))
         return future
 
     def flush(self, hosts=None):
@@ -153,7 +172,7 @@ class _SendBatch:
     def _settle(self, index, sends, added):
         for (*_, future), ok in zip(sends, added):
             if not future.done():
-                future.set_result(ok == 49)  # b"1"
+                future.set_result(ok)  # FULL, ADDED or NEAR_FULL
         self._done(index)
 
     def _done(self, index):
@@ -173,6 +192,7 @@ class _LoopState:
     def __init__(self, layer, loop):
         self.layer = layer
         self.batch = _SendBatch(layer, loop)
+        self.ahead = {}    # host index -> sends returned before Redis answered them
         self.inboxes = {}  # Redis key -> Inbox
         self.wires = {}    # (owner, host index) -> Wire: one caller at a time each
 
@@ -216,13 +236,19 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
 
     def __init__(self, hosts=None, prefix="asgi", expiry=60, group_expiry=86400, capacity=100,
                  channel_capacity=None, symmetric_encryption_keys=None, random_prefix_length=12,
-                 serializer_format="msgpack", receive_batch=RECEIVE_BATCH):
+                 serializer_format="msgpack", receive_batch=RECEIVE_BATCH, send_ahead=0):
         super().__init__(hosts=hosts, prefix=prefix, expiry=expiry, group_expiry=group_expiry, capacity=capacity,
                          channel_capacity=channel_capacity, symmetric_encryption_keys=symmetric_encryption_keys,
                          random_prefix_length=random_prefix_length, serializer_format=serializer_format)
         if not (isinstance(receive_batch, int) and receive_batch >= 1):
             raise ValueError(f"receive_batch must be a positive integer, not {receive_batch!r}")
+        if not (isinstance(send_ahead, int) and not isinstance(send_ahead, bool) and send_ahead >= 0):
+            raise ValueError(f"send_ahead must be an integer of 0 or more, not {send_ahead!r}")
         self.receive_batch = receive_batch
+        self.send_ahead = send_ahead
+        self.sent_ahead_lost = 0  # sends returned early that Redis then refused or never got
+        self._lost_logged = None  # monotonic time of the last log line about them
+        self._room = {}           # Redis key -> it had room beyond send_ahead at its last answer
         self._last_score = 0.0
         self._known = {}     # recently sent-to channel name -> its capacity (the name is valid)
         self._has_bzmpop = True  # until a Redis before 7.0 says otherwise
@@ -240,9 +266,17 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         else:
             non_local = channel
             index = next(self._send_index_generator)
-        batch = self._state().batch
-        added = await batch.add(index, self.prefix + non_local, self.serialize(message), capacity)
-        if not added:
+        state = self._state()
+        key = self.prefix + non_local
+        if self._room.get(key) and state.ahead.get(index, 0) < self.send_ahead:
+            # Sent ahead: returns now, goes with this turn's batch (see send_ahead in the README).
+            state.ahead[index] = state.ahead.get(index, 0) + 1
+            future = state.batch.add(index, key, self.serialize(message), capacity, True)
+            future.add_done_callback(functools.partial(self._answered_ahead, state, index, key))
+            return
+        answer = await state.batch.add(index, key, self.serialize(message), capacity)
+        self._note_room(key, answer)
+        if answer == FULL:
             raise ChannelFull(channel)
 
     async def receive_single(self, channel, *, batch=None):
@@ -268,6 +302,30 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         await super().flush()
 
     # -- internals -----------------------------------------------------------
+    def _note_room(self, key, answer):
+        if self.send_ahead:
+            if len(self._room) >= RECENT_NAMES:
+                self._room.clear()
+            self._room[key] = answer == ADDED
+
+    def _answered_ahead(self, state, index, key, future):
+        """Redis' answer to a send that returned before it: lost if refused or failed (counted, logged)."""
+        state.ahead[index] -= 1
+        failure = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if failure is None and future.result() != FULL:
+            self._note_room(key, future.result())
+            return
+        # Refused (past capacity + send_ahead) or Redis failed: every channel waits for its
+        # answers again until one shows room, so the next send raises what is wrong.
+        self._room.clear()
+        self.sent_ahead_lost += 1
+        now = time.monotonic()
+        if self._lost_logged is None or now - self._lost_logged >= LOST_LOG_INTERVAL:
+            self._lost_logged = now
+            reason = "its channel was full" if failure is None else f"{type(failure).__name__}: {failure}"
+            logger.warning("A message sent ahead to %s was lost (%s); %d lost so far",
+                           key[len(self.prefix):], reason, self.sent_ahead_lost)
+
     def _state(self):
         """This event loop's _LoopState, made with channels_redis' per-loop object and closed with it."""
         loop = asyncio.get_running_loop()
@@ -305,10 +363,10 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         return wire
 
     def _send_script_arguments(self, sends):
-        keys, args = [], [int(time.time()) - int(self.expiry), int(self.expiry)]
-        for key, payload, capacity, _future in sends:
+        keys, args = [], [int(time.time()) - int(self.expiry), int(self.expiry), self.send_ahead]
+        for key, payload, capacity, ahead, _future in sends:
             keys.append(key)
-            args += [payload, capacity, repr(self._score())]
+            args += [payload, capacity, repr(self._score()), b"1" if ahead else b"0"]
         return keys, args
 
     def _request_send_script(self, index, sends):
