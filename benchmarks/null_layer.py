@@ -36,15 +36,15 @@ class NullLayer(BaseChannelLayer):
         self.budget = float(os.environ.get("NULL_LAYER_BUDGET", "20"))
         self.received = self.sent = 0
         self.started = None  # (wall, cpu) when the warm-up ended
-        self.room = None  # an asyncio.Event made in the running loop: set while fewer than WINDOW are unanswered
-        self.count = 0
+        self.room = asyncio.Event()  # set when a send made room in the window
+        self.timer = None
+        self.channels_made = 0
 
     async def receive(self, channel):
         if "!" in channel:  # a consumer's own channel (new_channel): nothing ever comes
             await asyncio.get_running_loop().create_future()
-        if self.room is None:
-            self.room = asyncio.Event()
-            asyncio.get_running_loop().call_later(self.budget, self.report)
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.budget, self.report)
         while self.received - self.sent >= WINDOW:
             self.room.clear()
             await self.room.wait()
@@ -71,8 +71,8 @@ class NullLayer(BaseChannelLayer):
         os._exit(0)
 
     async def new_channel(self, prefix="null.consumer"):
-        self.count += 1
-        return f"{prefix}!{self.count}"
+        self.channels_made += 1
+        return f"{prefix}!{self.channels_made}"
 
     async def flush(self):
         pass  # nothing is stored
