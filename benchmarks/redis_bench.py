@@ -7,9 +7,15 @@ Rows: a bare layer round trip without gateway (a client process doing
 layer.send and a worker doing receive and the reply send) on stock
 channels_redis and on BatchingRedisChannelLayer; a gateway with 1, 2 and 4
 `udpgateway worker` processes on our layer and 2 on stock channels_redis;
-a gateway with Django's `manage.py runworker` on each. Each UDP row sends
-64-byte datagrams with 64 in flight, bounded in count and time. The last
-line holds the headline figures. "CPU us/rt" is the CPU time of every
+a gateway with Django's `manage.py runworker` on each; and `runworker
+ceiling`, runworker alone on benchmarks/null_layer.py, a layer that costs
+nothing (its receive hands out a fixed message at once, its send returns at
+once), which is as fast as runworker goes whatever the layer: Channels'
+consumer hops to a thread (close_old_connections) before each message and
+runworker handles one message at a time. Each UDP row sends 64-byte
+datagrams with 64 in flight, bounded in count and time; the ceiling row
+times 20,000 messages after a warm-up (no latencies: p50 and p99 are nan).
+The last line holds the headline figures. "CPU us/rt" is the CPU time of every
 process of the row (redis-server and the client included) per answered
 round trip: unlike the rate, it does not depend on what else the machine runs. Every process it started (redis-server
 included) is stopped by PID, even when a start fails.
@@ -34,6 +40,8 @@ from servers import BIN, CHILDREN, REPO, stop, stop_children  # noqa: E402
 HERE = Path(__file__).resolve().parent
 STOCK = "channels_redis.core.RedisChannelLayer"
 OURS = "gateway.layers.batching.BatchingRedisChannelLayer"
+NULL = "null_layer.NullLayer"  # benchmarks/null_layer.py
+CEILING = "runworker ceiling"
 MOONSHOT = 50_000
 GATEWAY_READY = r"listener echo \(plain\) on \S+:(\d+)"
 
@@ -62,7 +70,7 @@ def rows(smoke):
     """(name, kind, backend, workers) of every measurement, in table order."""
     if smoke:
         return [("bare stock", "bare", STOCK, 1), ("gateway+2 ours", "gateway", OURS, 2),
-                ("runworker ours", "runworker", OURS, 1)]
+                ("runworker ours", "runworker", OURS, 1), (CEILING, "ceiling", NULL, 1)]
     return [
         ("bare stock", "bare", STOCK, 1),
         ("bare ours", "bare", OURS, 1),
@@ -72,6 +80,7 @@ def rows(smoke):
         ("gateway+2 stock", "gateway", STOCK, 2),
         ("runworker stock", "runworker", STOCK, 1),
         ("runworker ours", "runworker", OURS, 1),
+        (CEILING, "ceiling", NULL, 1),
     ]
 
 
@@ -146,6 +155,29 @@ def run_bare_row(backend, redis_port, tmp, processes, args, redis_pid):
     return None, float(values["rate"]), int(values["answered"]), int(values["sent"]), values
 
 
+def run_ceiling_row(backend, processes, args):
+    """`manage.py runworker` alone on a layer that costs nothing: (rate, messages, CPU seconds) it reports."""
+    env = dict(os.environ, CHANNEL_LAYER_BACKEND=backend, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]),
+               NULL_LAYER_MESSAGES=str(args.ceiling), NULL_LAYER_BUDGET=str(args.budget))
+    runworker = subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
+                                 cwd=str(REPO / "examples" / "django_worker"), env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    CHILDREN.append(runworker)  # stopped by PID with the others, whatever happens
+    processes.append(runworker)
+    bound = args.budget + 60  # the layer ends the process `budget` s after its first receive; Django starts first
+    try:
+        out, err = runworker.communicate(timeout=bound)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"runworker on {backend} printed no figure within {bound:.0f} s") from None
+    line = next((l for l in out.splitlines() if l.startswith("ceiling ")), None)
+    if line is None:
+        raise RuntimeError(f"runworker on {backend} printed no figure:\n{out}{err[-4000:]}")
+    fields = line.split()
+    values = dict(zip(fields[1::2], fields[2::2]))
+    messages = int(values["messages"])
+    return float(values["rate"]), messages, float(values["cpu_us"]) * messages / 1e6
+
+
 def measure(row, redis, redis_pid, tmp, args):
     name, kind, backend, workers = row
     processes = []
@@ -153,6 +185,9 @@ def measure(row, redis, redis_pid, tmp, args):
         if kind == "bare":
             _, rate, answered, sent, values = run_bare_row(backend, redis, tmp, processes, args, redis_pid)
             p50, p99, cpu = float(values["p50"]), float(values["p99"]), values["cpu"]
+        elif kind == "ceiling":
+            rate, answered, cpu = run_ceiling_row(backend, processes, args)
+            sent, p50, p99 = answered, float("nan"), float("nan")  # every message it handed out is answered
         else:
             times, rate, answered, sent, cpu = run_udp_row(kind, backend, workers, redis, tmp, processes, args,
                                                            redis_pid)
@@ -164,12 +199,23 @@ def measure(row, redis, redis_pid, tmp, args):
             stop(proc)
     cpu_us = 1e6 * cpu / answered if answered else float("nan")
     result = {"name": name, "p50": p50, "p99": p99, "rate": rate, "answered": answered, "sent": sent, "cpu": cpu_us}
-    print(f"{name:<16} {p50:>9.0f} {p99:>9.0f} {rate:>13.0f} {cpu_us:>10.0f} {answered:>9}/{sent:<9}", flush=True)
+    print(f"{name:<18} {p50:>9.0f} {p99:>9.0f} {rate:>13.0f} {cpu_us:>10.0f} {answered:>9}/{sent:<9}", flush=True)
     return result
 
 
 def flushall(port):
     subprocess.run(["redis-cli", "-p", str(port), "FLUSHALL"], capture_output=True, timeout=10)
+
+
+def ceiling_part(by_name):
+    """How fast runworker goes on a layer that costs nothing, against runworker on stock channels_redis."""
+    ceiling, stock = by_name[CEILING], by_name.get("runworker stock")
+    part = f"runworker ceiling (a layer that costs nothing) {ceiling:,.0f}/s"
+    if stock:
+        part += f" = {ceiling / stock:.1f} x stock runworker"
+    if by_name.get("runworker ours"):
+        part += f", ours at {100 * by_name['runworker ours'] / ceiling:.0f}% of it"
+    return part
 
 
 def headline(results):
@@ -182,6 +228,8 @@ def headline(results):
                      + (f" (x{ours2 / stock2:.1f} stock)" if stock2 else ""))
     if by_name.get("runworker stock") and "runworker ours" in by_name:
         parts.append(f"runworker ours/stock x{by_name['runworker ours'] / by_name['runworker stock']:.1f}")
+    if by_name.get(CEILING):
+        parts.append(ceiling_part(by_name))
     if "bare stock" in by_name:
         parts.append(f"bare stock round trip {by_name['bare stock']:,.0f}/s")
     cores = os.cpu_count() or 1
@@ -189,8 +237,10 @@ def headline(results):
     if ours2_cpu:
         parts.append(f"gateway+2 ours costs {ours2_cpu:.0f} us CPU per round trip = {cores * 1e6 / ours2_cpu:,.0f}/s "
                      f"on {cores} idle cores")
-    best = max(r["rate"] for r in results)
-    parts.append(f"moonshot {MOONSHOT:,}/s: best {best:,.0f}/s = {100 * best / MOONSHOT:.0f}%")
+    round_trips = [r["rate"] for r in results if r["name"] != CEILING]  # the ceiling row has no UDP round trip
+    if round_trips:
+        best = max(round_trips)
+        parts.append(f"moonshot {MOONSHOT:,}/s: best {best:,.0f}/s = {100 * best / MOONSHOT:.0f}%")
     return "headline: " + "; ".join(parts)
 
 
@@ -201,13 +251,14 @@ def main(argv=None):
     parser.add_argument("--only", help="run only the rows whose name contains this text")
     args = parser.parse_args(argv)
     args.pings, args.count, args.window, args.budget = (20, 200, 16, 5.0) if args.smoke else (500, 40000, 64, 20.0)
+    args.ceiling = 2000 if args.smoke else 20000  # messages the ceiling row times, after its warm-up
     selected = [r for r in rows(args.smoke) if not args.only or args.only in r[0]]
     results = []
     signal.signal(signal.SIGTERM, _terminated)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             redis, port = start_redis(tmp)
-            print(f"{'row':<16} {'p50 us':>9} {'p99 us':>9} {'round trips/s':>13} {'CPU us/rt':>10} "
+            print(f"{'row':<18} {'p50 us':>9} {'p99 us':>9} {'round trips/s':>13} {'CPU us/rt':>10} "
                   f"{'answered/sent':>19}", flush=True)
             for row in selected:
                 flushall(port)
