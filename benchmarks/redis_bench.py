@@ -7,7 +7,8 @@ Rows: a bare layer round trip without gateway (a client process doing
 layer.send and a worker doing receive and the reply send) on stock
 channels_redis and on BatchingRedisChannelLayer; a gateway with 1, 2 and 4
 `udpgateway worker` processes on our layer and 2 on stock channels_redis;
-a gateway with Django's `manage.py runworker` on each; and `runworker
+a gateway with Django's `manage.py runworker` on each (ours with the
+example's send_ahead 64, and again with send_ahead 0); and `runworker
 ceiling`, runworker alone on benchmarks/null_layer.py, a layer that costs
 nothing (its receive hands out a fixed message at once, its send returns at
 once), which is as fast as runworker goes whatever the layer: Channels'
@@ -42,6 +43,7 @@ STOCK = "channels_redis.core.RedisChannelLayer"
 OURS = "gateway.layers.batching.BatchingRedisChannelLayer"
 NULL = "null_layer.NullLayer"  # benchmarks/null_layer.py
 CEILING = "runworker ceiling"
+AHEAD_0 = "runworker ours ahead 0"  # our layer with send_ahead 0: every reply waits for Redis
 MOONSHOT = 50_000
 GATEWAY_READY = r"listener echo \(plain\) on \S+:(\d+)"
 
@@ -80,6 +82,7 @@ def rows(smoke):
         ("gateway+2 stock", "gateway", STOCK, 2),
         ("runworker stock", "runworker", STOCK, 1),
         ("runworker ours", "runworker", OURS, 1),
+        (AHEAD_0, "runworker", OURS, 1),
         (CEILING, "ceiling", NULL, 1),
     ]
 
@@ -107,7 +110,7 @@ def start_with(env, argv, pattern, cwd, ready=None):
     return start(argv, pattern, cwd, env, ready)
 
 
-def run_udp_row(kind, backend, workers, redis_port, tmp, processes, args, redis_pid):
+def run_udp_row(name, kind, backend, workers, redis_port, tmp, processes, args, redis_pid):
     """Start a gateway (on our layer for runworker rows) and its workers; measure over UDP."""
     config = str(REPO / "examples" / "redis.yaml")
     gateway_env = environment(redis_port, OURS if kind == "runworker" else backend)
@@ -116,6 +119,8 @@ def run_udp_row(kind, backend, workers, redis_port, tmp, processes, args, redis_
                                              "udpgateway", "-c", config], GATEWAY_READY, tmp, r"udpgateway ready")
     processes.append(gateway)
     env = environment(redis_port, backend)
+    if name == AHEAD_0:
+        env["SEND_AHEAD"] = "0"  # the example's settings read it
     for _ in range(workers):
         if kind == "runworker":  # it logs nothing when ready: the warm-up below waits for its first answer
             runworker = subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
@@ -189,7 +194,7 @@ def measure(row, redis, redis_pid, tmp, args):
             rate, answered, cpu = run_ceiling_row(backend, processes, args)
             sent, p50, p99 = answered, float("nan"), float("nan")  # every message it handed out is answered
         else:
-            times, rate, answered, sent, cpu = run_udp_row(kind, backend, workers, redis, tmp, processes, args,
+            times, rate, answered, sent, cpu = run_udp_row(name, kind, backend, workers, redis, tmp, processes, args,
                                                            redis_pid)
             times.sort()
             p50 = times[len(times) // 2] if times else float("nan")
@@ -227,7 +232,9 @@ def headline(results):
         parts.append(f"gateway+2 workers on our layer {ours2:,.0f}/s"
                      + (f" (x{ours2 / stock2:.1f} stock)" if stock2 else ""))
     if by_name.get("runworker stock") and "runworker ours" in by_name:
-        parts.append(f"runworker ours/stock x{by_name['runworker ours'] / by_name['runworker stock']:.1f}")
+        parts.append(f"runworker ours/stock x{by_name['runworker ours'] / by_name['runworker stock']:.1f}"
+                     + (f" (send_ahead 0: x{by_name[AHEAD_0] / by_name['runworker stock']:.1f})"
+                        if by_name.get(AHEAD_0) else ""))
     if by_name.get(CEILING):
         parts.append(ceiling_part(by_name))
     if "bare stock" in by_name:

@@ -295,3 +295,27 @@ async def test_a_send_ahead_lost_with_redis_is_counted_and_the_next_send_raises(
         assert 1 <= layer.sent_ahead_lost <= 4
     finally:
         await layer.close_pools()
+
+
+@aio
+async def test_busy_sends_ahead_linger_to_share_calls_and_an_idle_one_goes_at_once(redis_server, monkeypatch):
+    """Sends ahead closer together than the linger share script calls; one after a pause is written in the
+    next loop turn."""
+    from gateway.layers import batching
+
+    monkeypatch.setattr(batching, "SEND_AHEAD_LINGER", 0.05)  # well above the gaps below, however busy the machine
+    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 64}, cls=CountingLayer)
+    try:
+        await layer.send("linger", {"type": "t", "n": -1})  # waits: its answer shows room
+        for n in range(40):
+            await layer.send("linger", {"type": "t", "n": n})
+            await asyncio.sleep(0.002)  # time for Redis to answer: without the linger each send is its own call
+        assert len(layer.calls) < 20, layer.calls
+        assert [(await layer.receive("linger"))["n"] for _ in range(41)] == list(range(-1, 40))
+        await asyncio.sleep(0.2)  # idle
+        calls = len(layer.calls)
+        await layer.send("linger", {"type": "t", "n": 40})
+        await asyncio.sleep(0)
+        assert len(layer.calls) == calls + 1
+    finally:
+        await layer.close_pools()

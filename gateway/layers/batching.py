@@ -38,6 +38,8 @@ _RETRIED = (NoScriptError, RedisConnectionError, RedisTimeoutError, OSError)
 
 FULL, ADDED, NEAR_FULL = b"012"  # the send script's answer per message
 
+SEND_AHEAD_LINGER = 0.0005  # seconds a batch of busy sends ahead waits for more (see _SendBatch.add)
+
 LOST_LOG_INTERVAL = 10.0  # seconds between two log lines about sends ahead that were lost
 
 RECEIVE_BATCH = 64  # messages one receive round trip may pop per host
@@ -111,19 +113,43 @@ class _SendBatch:
         self.busy = set()     # host indexes with a call in flight
         self.flushes = set()  # script calls in flight
         self._scheduled = False
+        self._lingering = None  # the timer of a batch of sends ahead only
+        self._last_add = float("-inf")  # loop time of the last send
 
     def add(self, index, key, payload, capacity, ahead=False):
-        """The future of the script's answer for this message: ADDED, NEAR_FULL or FULL."""
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon(self.flush)
+        """The future of the script's answer for this message: ADDED, NEAR_FULL or FULL.
+
+        Sends ahead that come faster than one per SEND_AHEAD_LINGER (nobody waits
+        for their answer) linger that long for more, so a sender of one message
+        at a time shares calls under load and adds no latency when idle; any send
+        that waits flushes the batch at the end of this turn.
+        """
+        now = self.loop.time()
+        busy, self._last_add = now - self._last_add < SEND_AHEAD_LINGER, now
+        if not (ahead and busy):
+            if self._lingering is not None:
+                self._lingering.cancel()
+                self._lingering = None
+            if not self._scheduled:
+                self._scheduled = True
+                self.loop.call_soon(self.flush)
+        elif not self._scheduled and self._lingering is None:
+            self._lingering = self.loop.call_later(SEND_AHEAD_LINGER, self._lingered)
         future = self.loop.create_future()
         self.pending.setdefault(index, []).append((key, payload, capacity, ahead, future))
         return future
 
+    def _lingered(self):
+        self._lingering = None
+        if not self._scheduled:
+            self.flush()
+
     def flush(self, hosts=None):
         """Start a call for every host with sends waiting and none in flight."""
         self._scheduled = False
+        if hosts is None and self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
         for index in list(self.pending) if hosts is None else hosts:
             if index in self.busy or index not in self.pending:
                 continue
