@@ -43,7 +43,7 @@ STOCK = "channels_redis.core.RedisChannelLayer"
 OURS = "gateway.layers.batching.BatchingRedisChannelLayer"
 NULL = "null_layer.NullLayer"  # benchmarks/null_layer.py
 CEILING = "runworker ceiling"
-AHEAD_0 = "runworker ours ahead 0"  # our layer with send_ahead 0: every reply waits for Redis
+AHEAD_0 = "runworker ahead 0"  # our layer with send_ahead 0: every reply waits for Redis
 MOONSHOT = 50_000
 GATEWAY_READY = r"listener echo \(plain\) on \S+:(\d+)"
 

@@ -15,7 +15,13 @@ processes both ways. What differs:
   What is still in the buffer when the pools close goes back to Redis;
   a process that dies loses it;
 - ``x!y`` channels live on the host of ``x!``, and receives read every host,
-  so with several hosts a reply arrives wherever a stock process put it.
+  so with several hosts a reply arrives wherever a stock process put it;
+- ``send_ahead`` (default 0, every send waits for Redis' answer as in
+  channels_redis): up to that many sends per host return before Redis
+  answers them, for senders of one message at a time such as a Channels
+  consumer. Only while the channel's last answer showed room for them; they
+  may take it to capacity + send_ahead, and one lost to a failure or a full
+  channel is counted (``sent_ahead_lost``) and logged, after which sends wait again.
 """
 
 import asyncio
