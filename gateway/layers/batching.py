@@ -226,7 +226,7 @@ class _LoopState:
         self.batch = _SendBatch(layer, loop)
         self.ahead = {}    # host index -> sends returned before Redis answered them
         self.inboxes = {}  # Redis key -> Inbox
-        self.wires = {}    # (owner, host index) -> Wire: one caller at a time each
+        self.wires = {}    # (owner, host index) -> Wire: the sends', and each receive key's, own connection
 
     async def close(self):
         """Send what is batched, stop the receive rounds, put back what was popped but not received, close."""

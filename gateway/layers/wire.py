@@ -211,14 +211,11 @@ class Wire:
 class PoolWire:
     """The same calls through a redis-py client and its pool, for pools a Wire does not fit (sentinel)."""
 
-    connected = False  # no request(): every call goes through redis-py
+    connected = False  # never written to directly (Wire.request): every call goes through redis-py
 
     def __init__(self, client):
         self.client = client
         self._scripts = {}
-
-    def request(self, script, keys, args):
-        return None
 
     async def call(self, script, keys, args, read_timeout=None):
         registered = self._scripts.get(script.sha)
