@@ -299,14 +299,15 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
             non_local = channel
             index = next(self._send_index_generator)
         state = self._state()
-        key = self.prefix + non_local
-        if self._room.get(key) and state.ahead.get(index, 0) < self.send_ahead:
+        key, payload = self.prefix + non_local, self.serialize(message)
+        ahead = state.ahead.get(index, 0)
+        if self._room.get(key) and ahead < self.send_ahead:
             # Sent ahead: returns now, goes with this turn's batch (see send_ahead in the README).
-            state.ahead[index] = state.ahead.get(index, 0) + 1
-            future = state.batch.add(index, key, self.serialize(message), capacity, True)
+            state.ahead[index] = ahead + 1
+            future = state.batch.add(index, key, payload, capacity, True)
             future.add_done_callback(functools.partial(self._answered_ahead, state, index, key))
             return
-        answer = await state.batch.add(index, key, self.serialize(message), capacity)
+        answer = await state.batch.add(index, key, payload, capacity)
         self._note_room(key, answer)
         if answer == FULL:
             raise ChannelFull(channel)
