@@ -303,7 +303,9 @@ async def test_busy_sends_ahead_linger_to_share_calls_and_an_idle_one_goes_at_on
     next loop turn."""
     from gateway.layers import batching
 
-    monkeypatch.setattr(batching, "SEND_AHEAD_LINGER", 0.05)  # well above the gaps below, however busy the machine
+    # Busy below 50 ms apart, and a linger as long: well above the gaps below, however busy the machine.
+    monkeypatch.setattr(batching, "BUSY", 0.05)
+    monkeypatch.setattr(batching, "SEND_AHEAD_LINGER", 0.05)
     layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 64}, cls=CountingLayer)
     try:
         await layer.send("linger", {"type": "t", "n": -1})  # waits: its answer shows room
@@ -319,3 +321,65 @@ async def test_busy_sends_ahead_linger_to_share_calls_and_an_idle_one_goes_at_on
         assert len(layer.calls) == calls + 1
     finally:
         await layer.close_pools()
+
+
+class PopCountingLayer(BatchingRedisChannelLayer):
+    """Records how many messages each blocking pop brought."""
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        self.pops = []
+
+    async def _blocking_pop(self, wire, key, count):
+        members = await super()._blocking_pop(wire, key, count)
+        self.pops.append(len(members))
+        return members
+
+
+def test_receive_linger_is_validated():
+    """receive_linger is a number of seconds from 0 (the default: pop again at once) to 1."""
+    assert BatchingRedisChannelLayer().receive_linger == 0
+    assert BatchingRedisChannelLayer(receive_linger=1).receive_linger == 1
+    for bad in (-0.001, 1.5, True, "0.002", float("nan"), None):
+        with pytest.raises(ValueError, match="receive_linger"):
+            BatchingRedisChannelLayer(receive_linger=bad)
+
+
+async def _receive_trickle(redis_server, linger):
+    """A receiver taking 20 messages that come one by one 10 ms apart: its pop round trips, in order."""
+    receiver = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "receive_batch": 1000,
+                                "receive_linger": linger}, cls=PopCountingLayer)
+    sender = _layer(redis_server, capacity=1000)
+
+    async def trickle():
+        for n in range(20):
+            await sender.send("trickle", {"type": "t", "n": n})
+            await asyncio.sleep(0.01)
+
+    try:
+        sending = asyncio.ensure_future(trickle())
+        assert [(await receiver.receive("trickle"))["n"] for _ in range(20)] == list(range(20))
+        await sending
+        await asyncio.sleep(0.6)  # idle for longer than the linger: the next message comes at once
+        started = asyncio.get_running_loop().time()
+        receiving = asyncio.ensure_future(receiver.receive("trickle"))
+        await sender.send("trickle", {"type": "t", "n": 20})
+        assert (await receiving)["n"] == 20
+        return receiver.pops, asyncio.get_running_loop().time() - started
+    finally:
+        await receiver.close_pools()
+        await sender.close_pools()
+
+
+@aio
+async def test_busy_receives_linger_to_share_round_trips_and_an_idle_one_pops_at_once(redis_server, monkeypatch):
+    """With receive_linger, messages coming one by one while traffic is busy are popped several per round
+    trip, all of them, in order; a receive after a pause longer than the linger pops at once."""
+    from gateway.layers import batching
+
+    monkeypatch.setattr(batching, "BUSY", 0.05)  # 10 ms apart is busy, however slow the machine
+    pops, idle = await _receive_trickle(redis_server, 0)
+    assert len(pops) >= 10, pops  # without the linger: about one round trip per message
+    pops, idle = await _receive_trickle(redis_server, 0.5)
+    assert sum(pops) == 21 and len(pops) <= 6, pops  # the linger: 0.5 s covers the rest of the trickle
+    assert idle < 0.25

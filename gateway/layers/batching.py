@@ -21,7 +21,11 @@ processes both ways. What differs:
   answers them, for senders of one message at a time such as a Channels
   consumer. Only while the channel's last answer showed room for them; they
   may take it to capacity + send_ahead, and one lost to a failure or a full
-  channel is counted (``sent_ahead_lost``) and logged, after which sends wait again.
+  channel is counted (``sent_ahead_lost``) and logged, after which sends wait again;
+- ``receive_linger`` (default 0, seconds): while messages come faster than
+  one per BUSY seconds, a receive round trip that found less than a batch
+  is followed by this wait before the next, so a receiver that takes each
+  message as it comes (Channels' runworker) gets several per round trip.
 """
 
 import asyncio
@@ -44,7 +48,9 @@ _RETRIED = (NoScriptError, RedisConnectionError, RedisTimeoutError, OSError)
 
 FULL, ADDED, NEAR_FULL = b"012"  # the send script's answer per message
 
-SEND_AHEAD_LINGER = 0.0005  # seconds a batch of busy sends ahead waits for more (see _SendBatch.add)
+BUSY = 0.0005  # seconds: messages closer together than this (on average) are busy traffic
+SEND_AHEAD_LINGER = BUSY  # seconds a batch of busy sends ahead waits for more (see _SendBatch.add)
+MAX_RECEIVE_LINGER = 1.0  # seconds receive_linger may be at most
 
 LOST_LOG_INTERVAL = 10.0  # seconds between two log lines about sends ahead that were lost
 
@@ -131,7 +137,7 @@ class _SendBatch:
         that waits flushes the batch at the end of this turn.
         """
         now = self.loop.time()
-        busy, self._last_add = now - self._last_add < SEND_AHEAD_LINGER, now
+        busy, self._last_add = now - self._last_add < BUSY, now
         if not (ahead and busy):
             if self._lingering is not None:
                 self._lingering.cancel()
@@ -268,7 +274,7 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
 
     def __init__(self, hosts=None, prefix="asgi", expiry=60, group_expiry=86400, capacity=100,
                  channel_capacity=None, symmetric_encryption_keys=None, random_prefix_length=12,
-                 serializer_format="msgpack", receive_batch=RECEIVE_BATCH, send_ahead=0):
+                 serializer_format="msgpack", receive_batch=RECEIVE_BATCH, send_ahead=0, receive_linger=0):
         super().__init__(hosts=hosts, prefix=prefix, expiry=expiry, group_expiry=group_expiry, capacity=capacity,
                          channel_capacity=channel_capacity, symmetric_encryption_keys=symmetric_encryption_keys,
                          random_prefix_length=random_prefix_length, serializer_format=serializer_format)
@@ -276,8 +282,13 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
             raise ValueError(f"receive_batch must be a positive integer, not {receive_batch!r}")
         if not (isinstance(send_ahead, int) and not isinstance(send_ahead, bool) and send_ahead >= 0):
             raise ValueError(f"send_ahead must be an integer of 0 or more, not {send_ahead!r}")
+        if not (isinstance(receive_linger, (int, float)) and not isinstance(receive_linger, bool)
+                and 0 <= receive_linger <= MAX_RECEIVE_LINGER):
+            raise ValueError(f"receive_linger must be a number of seconds from 0 to {MAX_RECEIVE_LINGER:g},"
+                             f" not {receive_linger!r}")
         self.receive_batch = receive_batch
         self.send_ahead = send_ahead
+        self.receive_linger = receive_linger
         self.sent_ahead_lost = 0  # sends returned early that Redis then refused or never got
         self._lost_logged = None  # monotonic time of the last log line about them
         self._room = {}           # Redis key -> it had room beyond send_ahead at its last answer
@@ -416,11 +427,38 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         After a full batch (more are likely waiting) the pop script; otherwise
         BZMPOP (Redis 7), which waits on the server and pops up to `count` in
         the same command. Before Redis 7: the script, then BZPOPMIN if it was empty.
+        With receive_linger, a pop after one that found less than a batch of
+        busy traffic (its messages came less than BUSY apart on average, since
+        the pop before) starts no sooner than receive_linger after that one
+        returned, so that more come in one round trip; a receiver that comes
+        back later than that pops at once.
         """
         full = set()  # hosts whose last pop filled its batch
+        busy = set()  # hosts whose last pop found less than a batch of busy traffic
+        returned = {}  # host index -> loop time its last pop returned
 
         async def pop(index, count):
-            wire = self._wire(key, index)
+            if index in busy and count > 1:
+                delay = returned[index] + self.receive_linger - asyncio.get_running_loop().time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            try:
+                members = await _pop(self._wire(key, index), index, count)
+            except BaseException:
+                busy.discard(index)
+                returned.pop(index, None)
+                raise
+            if self.receive_linger:
+                now = asyncio.get_running_loop().time()
+                since = now - returned.get(index, float("-inf"))
+                returned[index] = now
+                if 0 < len(members) < count and since < len(members) * BUSY:
+                    busy.add(index)
+                else:
+                    busy.discard(index)
+            return members
+
+        async def _pop(wire, index, count):
             if count > 1 and (index in full or not self._has_bzmpop):
                 members = _unpack(await wire.call(_POP_SCRIPT, [key], [count]) or b"")
                 if len(members) == count:
