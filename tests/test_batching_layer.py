@@ -305,8 +305,8 @@ async def test_busy_sends_ahead_linger_to_share_calls_and_an_idle_one_goes_at_on
 
     # Busy below 50 ms apart, and a linger as long: well above the gaps below, however busy the machine.
     monkeypatch.setattr(batching, "BUSY", 0.05)
-    monkeypatch.setattr(batching, "SEND_AHEAD_LINGER", 0.05)
-    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 64}, cls=CountingLayer)
+    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 64, "linger": 0.05},
+                       cls=CountingLayer)
     try:
         await layer.send("linger", {"type": "t", "n": -1})  # waits: its answer shows room
         for n in range(40):
@@ -336,19 +336,19 @@ class PopCountingLayer(BatchingRedisChannelLayer):
         return members
 
 
-def test_receive_linger_is_validated():
-    """receive_linger is a number of seconds from 0 (the default: pop again at once) to 1."""
-    assert BatchingRedisChannelLayer().receive_linger == 0
-    assert BatchingRedisChannelLayer(receive_linger=1).receive_linger == 1
+def test_linger_is_validated():
+    """linger is a number of seconds from 0 (the default: nothing waits for more) to 1."""
+    assert BatchingRedisChannelLayer().linger == 0
+    assert BatchingRedisChannelLayer(linger=1).linger == 1
     for bad in (-0.001, 1.5, True, "0.002", float("nan"), None):
-        with pytest.raises(ValueError, match="receive_linger"):
-            BatchingRedisChannelLayer(receive_linger=bad)
+        with pytest.raises(ValueError, match="linger"):
+            BatchingRedisChannelLayer(linger=bad)
 
 
 async def _receive_trickle(redis_server, linger):
     """A receiver taking 20 messages that come one by one 10 ms apart: its pop round trips, in order."""
     receiver = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "receive_batch": 1000,
-                                "receive_linger": linger}, cls=PopCountingLayer)
+                                "linger": linger}, cls=PopCountingLayer)
     sender = _layer(redis_server, capacity=1000)
 
     async def trickle():
@@ -373,7 +373,7 @@ async def _receive_trickle(redis_server, linger):
 
 @aio
 async def test_busy_receives_linger_to_share_round_trips_and_an_idle_one_pops_at_once(redis_server, monkeypatch):
-    """With receive_linger, messages coming one by one while traffic is busy are popped several per round
+    """With linger, messages coming one by one while traffic is busy are popped several per round
     trip, all of them, in order; a receive after a pause longer than the linger pops at once."""
     from gateway.layers import batching
 

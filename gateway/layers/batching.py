@@ -22,10 +22,11 @@ processes both ways. What differs:
   consumer. Only while the channel's last answer showed room for them; they
   may take it to capacity + send_ahead, and one lost to a failure or a full
   channel is counted (``sent_ahead_lost``) and logged, after which sends wait again;
-- ``receive_linger`` (default 0, seconds): while messages come faster than
-  one per BUSY seconds, a receive round trip that found less than a batch
-  is followed by this wait before the next, so a receiver that takes each
-  message as it comes (Channels' runworker) gets several per round trip.
+- ``linger`` (default 0, seconds): while messages come faster than one per
+  BUSY seconds, sends ahead wait up to that long to share a script call,
+  and a receive round trip that found less than a batch is followed by the
+  next no sooner than that, so that a consumer of one message at a time
+  (Channels' runworker) sends and receives several per round trip.
 """
 
 import asyncio
@@ -48,9 +49,8 @@ _RETRIED = (NoScriptError, RedisConnectionError, RedisTimeoutError, OSError)
 
 FULL, ADDED, NEAR_FULL = b"012"  # the send script's answer per message
 
-BUSY = 0.0005  # seconds: messages closer together than this (on average) are busy traffic
-SEND_AHEAD_LINGER = BUSY  # seconds a batch of busy sends ahead waits for more (see _SendBatch.add)
-MAX_RECEIVE_LINGER = 1.0  # seconds receive_linger may be at most
+BUSY = 0.0005  # seconds: messages closer together than this (on average) are busy traffic, which may linger
+MAX_LINGER = 1.0  # seconds the linger key may be at most
 
 LOST_LOG_INTERVAL = 10.0  # seconds between two log lines about sends ahead that were lost
 
@@ -123,6 +123,7 @@ class _SendBatch:
         self.loop = loop
         self.pending = {}     # host index -> [(key, payload, capacity, sent ahead, future)]
         self.busy = set()     # host indexes with a call in flight
+        self.prompt = set()   # host indexes with a send that does not linger
         self.flushes = set()  # script calls in flight
         self._scheduled = False
         self._lingering = None  # the timer of a batch of sends ahead only
@@ -131,14 +132,16 @@ class _SendBatch:
     def add(self, index, key, payload, capacity, ahead=False):
         """The future of the script's answer for this message: ADDED, NEAR_FULL or FULL.
 
-        Sends ahead that come faster than one per SEND_AHEAD_LINGER (nobody waits
-        for their answer) linger that long for more, so a sender of one message
-        at a time shares calls under load and adds no latency when idle; any send
-        that waits flushes the batch at the end of this turn.
+        Sends ahead that come less than BUSY apart (nobody waits for their
+        answer) wait up to the layer's linger for more, also while the host's
+        call is in flight, so a sender of one message at a time shares calls
+        under load and adds no latency when idle; any other send goes at the
+        end of this turn, or as soon as the host's call in flight returns.
         """
         now = self.loop.time()
         busy, self._last_add = now - self._last_add < BUSY, now
-        if not (ahead and busy):
+        if not (ahead and busy and self.layer.linger):
+            self.prompt.add(index)
             if self._lingering is not None:
                 self._lingering.cancel()
                 self._lingering = None
@@ -146,7 +149,7 @@ class _SendBatch:
                 self._scheduled = True
                 self.loop.call_soon(self.flush)
         elif not self._scheduled and self._lingering is None:
-            self._lingering = self.loop.call_later(SEND_AHEAD_LINGER, self._lingered)
+            self._lingering = self.loop.call_later(self.layer.linger, self._lingered)
         future = self.loop.create_future()
         self.pending.setdefault(index, []).append((key, payload, capacity, ahead, future))
         return future
@@ -166,6 +169,7 @@ class _SendBatch:
             if index in self.busy or index not in self.pending:
                 continue
             self.busy.add(index)
+            self.prompt.discard(index)
             sends = self.pending.pop(index)
             # On a live connection the call is written now and settled from its reply, with no
             # task; a failure (Redis restarted, script not loaded) goes the way that retries.
@@ -215,7 +219,7 @@ class _SendBatch:
 
     def _done(self, index):
         self.busy.discard(index)
-        if index in self.pending:
+        if index in self.pending and (self._lingering is None or index in self.prompt):
             self.flush([index])
 
 
@@ -274,7 +278,7 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
 
     def __init__(self, hosts=None, prefix="asgi", expiry=60, group_expiry=86400, capacity=100,
                  channel_capacity=None, symmetric_encryption_keys=None, random_prefix_length=12,
-                 serializer_format="msgpack", receive_batch=RECEIVE_BATCH, send_ahead=0, receive_linger=0):
+                 serializer_format="msgpack", receive_batch=RECEIVE_BATCH, send_ahead=0, linger=0):
         super().__init__(hosts=hosts, prefix=prefix, expiry=expiry, group_expiry=group_expiry, capacity=capacity,
                          channel_capacity=channel_capacity, symmetric_encryption_keys=symmetric_encryption_keys,
                          random_prefix_length=random_prefix_length, serializer_format=serializer_format)
@@ -282,13 +286,11 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
             raise ValueError(f"receive_batch must be a positive integer, not {receive_batch!r}")
         if not (isinstance(send_ahead, int) and not isinstance(send_ahead, bool) and send_ahead >= 0):
             raise ValueError(f"send_ahead must be an integer of 0 or more, not {send_ahead!r}")
-        if not (isinstance(receive_linger, (int, float)) and not isinstance(receive_linger, bool)
-                and 0 <= receive_linger <= MAX_RECEIVE_LINGER):
-            raise ValueError(f"receive_linger must be a number of seconds from 0 to {MAX_RECEIVE_LINGER:g},"
-                             f" not {receive_linger!r}")
+        if not (isinstance(linger, (int, float)) and not isinstance(linger, bool) and 0 <= linger <= MAX_LINGER):
+            raise ValueError(f"linger must be a number of seconds from 0 to {MAX_LINGER:g}, not {linger!r}")
         self.receive_batch = receive_batch
         self.send_ahead = send_ahead
-        self.receive_linger = receive_linger
+        self.linger = linger
         self.sent_ahead_lost = 0  # sends returned early that Redis then refused or never got
         self._lost_logged = None  # monotonic time of the last log line about them
         self._room = {}           # Redis key -> it had room beyond send_ahead at its last answer
@@ -427,9 +429,9 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         After a full batch (more are likely waiting) the pop script; otherwise
         BZMPOP (Redis 7), which waits on the server and pops up to `count` in
         the same command. Before Redis 7: the script, then BZPOPMIN if it was empty.
-        With receive_linger, a pop after one that found less than a batch of
-        busy traffic (its messages came less than BUSY apart on average, since
-        the pop before) starts no sooner than receive_linger after that one
+        With linger, a pop after one that found less than a batch of busy
+        traffic (its messages came less than BUSY apart on average, since the
+        pop before) starts no sooner than linger after that one
         returned, so that more come in one round trip; a receiver that comes
         back later than that pops at once.
         """
@@ -439,7 +441,7 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
 
         async def pop(index, count):
             if index in busy and count > 1:
-                delay = returned[index] + self.receive_linger - asyncio.get_running_loop().time()
+                delay = returned[index] + self.linger - asyncio.get_running_loop().time()
                 if delay > 0:
                     await asyncio.sleep(delay)
             try:
@@ -448,7 +450,7 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
                 busy.discard(index)
                 returned.pop(index, None)
                 raise
-            if self.receive_linger:
+            if self.linger:
                 now = asyncio.get_running_loop().time()
                 since = now - returned.get(index, float("-inf"))
                 returned[index] = now
