@@ -1,9 +1,10 @@
-"""A real redis-server for tests: 127.0.0.1, a random free port, no persistence; stopped by PID."""
+"""A real redis-server for tests: 127.0.0.1 and a free port (or a unix socket, or TLS), no persistence; stopped by PID."""
 
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -43,10 +44,15 @@ class RedisServer:
     def address(self):
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def client_options(self):
+        """What a redis-py client needs besides `url` (the CA of a TLS server)."""
+        return {}
+
     def start(self, timeout=STARTUP_TIMEOUT):
         """Start on self.port and return once it answers PING."""
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--daemonize", "no", "--dir", self.directory]
+        argv = [self.binary, *self.listen_args(), "--save", "", "--appendonly", "no", "--daemonize", "no",
+                "--dir", self.directory]
         self._log = open(os.path.join(self.directory, "redis.log"), "ab")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -59,6 +65,14 @@ class RedisServer:
             time.sleep(0.02)
         return self
 
+    def listen_args(self):
+        """redis-server's arguments saying where it listens."""
+        return ["--port", str(self.port), "--bind", "127.0.0.1"]
+
+    def connect(self, timeout):
+        """A client socket to the server, as `listen_args` says."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
     def ping(self, timeout=0.5):
         """Whether the server answers PING now."""
         return self.command(b"PING", timeout=timeout) == b"+PONG"
@@ -66,7 +80,7 @@ class RedisServer:
     def command(self, *words, timeout=COMMAND_TIMEOUT):
         """Send one inline command and return the first line of the answer (None if unreachable)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            with self.connect(timeout) as s:
                 s.sendall(b" ".join(words) + b"\r\n")
                 answer = b""
                 while not answer.endswith(b"\r\n"):
@@ -80,7 +94,7 @@ class RedisServer:
 
     def info(self, section=b"stats"):
         """INFO of one section as {field: value text}."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=COMMAND_TIMEOUT) as s:
+        with self.connect(COMMAND_TIMEOUT) as s:
             s.sendall(b"INFO " + section + b"\r\n")
             answer = b""
             while b"\r\n" not in answer or len(answer) < int(answer[1:answer.index(b"\r\n")]) + 4:
@@ -143,15 +157,98 @@ class RedisServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_redis_server(attempts=3):
-    """A started RedisServer; skips (or fails under UDPGATEWAY_REQUIRE_ALL=1) without redis-server."""
+class UnixRedisServer(RedisServer):
+    """A redis-server on a unix socket in its directory, with no TCP port (`port` is unused)."""
+
+    @property
+    def path(self):
+        return os.path.join(self.directory, "redis.sock")
+
+    @property
+    def url(self):
+        return f"unix://{self.path}"
+
+    @property
+    def address(self):
+        return self.path
+
+    def listen_args(self):
+        return ["--port", "0", "--unixsocket", self.path, "--unixsocketperm", "700"]
+
+    def connect(self, timeout):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout)
+            s.connect(self.path)
+        except OSError:
+            s.close()
+            raise
+        return s
+
+
+class TLSRedisServer(RedisServer):
+    """A redis-server speaking only TLS on 127.0.0.1, with a certificate from a throwaway CA (`ca`)."""
+
+    def __init__(self, binary=None, port=None):
+        super().__init__(binary, port)
+        try:
+            self.ca, self.certificate, self.key = make_certificates(self.directory)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+
+    @property
+    def url(self):
+        return f"rediss://127.0.0.1:{self.port}/0"
+
+    @property
+    def client_options(self):
+        return {"ssl_ca_certs": self.ca}
+
+    def listen_args(self):
+        return ["--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1", "--tls-cert-file",
+                self.certificate, "--tls-key-file", self.key, "--tls-ca-cert-file", self.ca, "--tls-auth-clients", "no"]
+
+    def connect(self, timeout):
+        context = ssl.create_default_context(cafile=self.ca)
+        s = super().connect(timeout)
+        try:
+            return context.wrap_socket(s, server_hostname="127.0.0.1")
+        except OSError:
+            s.close()
+            raise
+
+
+def make_certificates(directory, timeout=COMMAND_TIMEOUT):
+    """A new CA and a certificate it signed for 127.0.0.1 (IP SAN), in `directory`: paths (ca, cert, key)."""
+    ca, ca_key, cert, key, request, extensions = (os.path.join(directory, name) for name in (
+        "ca.crt", "ca.key", "server.crt", "server.key", "server.csr", "server.ext"))
+    with open(extensions, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nauthorityKeyIdentifier=keyid\nbasicConstraints=CA:FALSE\n"
+                "extendedKeyUsage=serverAuth\n")
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for argv in (
+        ["req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-subj", "/CN=udpgateway test CA", "-days", "2",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", "-new", *new_key, "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", extensions],
+    ):
+        done = subprocess.run(["openssl", *argv], capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+        if done.returncode:
+            raise RuntimeError(f"openssl {argv[0]} exited {done.returncode}: {done.stderr.decode(errors='replace')}")
+    return ca, cert, key
+
+
+def start_redis_server(attempts=3, kind=RedisServer):
+    """A started `kind` of RedisServer; skips (or fails under UDPGATEWAY_REQUIRE_ALL=1) without redis-server."""
     from tests.support import skip_or_fail
 
     binary = redis_server_binary()
     if not binary:
         skip_or_fail("redis-server is not installed (apt-get install redis-server)")
     for attempt in range(attempts):
-        server = RedisServer(binary)
+        server = kind(binary)
         try:
             return server.start()
         except RuntimeError:

@@ -1,0 +1,87 @@
+"""The Wire and BatchingRedisChannelLayer over a unix socket and over TLS, against real redis-servers."""
+
+import asyncio
+import os
+import shutil
+from contextlib import asynccontextmanager
+
+import pytest
+import redis.asyncio
+
+from gateway.layers import make_layer, wire
+from tests.redisserver import TLSRedisServer, UnixRedisServer, start_redis_server
+from tests.support import DEADLINE, aio, skip_or_fail
+
+BATCHING = "gateway.layers.batching.BatchingRedisChannelLayer"
+
+
+@pytest.fixture(params=["unix", "tls"])
+def server(request):
+    """A redis-server of our own reached over a unix socket only, or TLS only; stopped by its PID after the test."""
+    if request.param == "tls" and not shutil.which("openssl"):
+        skip_or_fail("the openssl CLI is not installed (apt-get install openssl)")
+    started = start_redis_server(kind={"unix": UnixRedisServer, "tls": TLSRedisServer}[request.param])
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def _host(server):
+    """The server as a channels_redis host: its URL, or the dict form when the client needs options (the CA)."""
+    options = server.client_options
+    return {"address": server.url, **options} if options else server.url
+
+
+@asynccontextmanager
+async def _connection(server):
+    """A Wire to `server` (not a PoolWire), closed after the block."""
+    connection = wire.wire_for(redis.asyncio.Redis.from_url(server.url, **server.client_options))
+    assert isinstance(connection, wire.Wire)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@aio
+async def test_overlapping_commands_and_a_script(server):
+    """Commands written before any reply came back are answered in order; a script is loaded on first use."""
+    async with _connection(server) as connection:
+        replies = await asyncio.gather(*(connection.command(b"ECHO", b"%d" % n) for n in range(50)))
+        assert replies == [b"%d" % n for n in range(50)]
+        assert await connection.call(wire.Script("return ARGV[1]"), [], [b"x"]) == b"x"
+
+
+@aio
+async def test_a_large_value_comes_back_intact(server):
+    """A 1 MiB value (many reads, many TLS records) is written and read back byte for byte."""
+    value = os.urandom(1 << 20)
+    async with _connection(server) as connection:
+        assert await connection.command(b"SET", b"large", value) in (b"OK", "OK")
+        assert await connection.command(b"GET", b"large") == value
+
+
+@aio
+async def test_a_restarted_redis_costs_one_retry_not_an_error(server):
+    """After Redis is killed and started again at the same address, the next command reconnects and is answered."""
+    async with _connection(server) as connection:
+        assert await connection.command(b"PING") in (b"PONG", "PONG")
+        server.restart()
+        assert await connection.command(b"PING") in (b"PONG", "PONG")
+
+
+@aio
+async def test_the_batching_layer_sends_and_receives(server):
+    """BatchingRedisChannelLayer with the server as its host: normal and process-specific channels."""
+    layer = make_layer(BATCHING, {"hosts": [_host(server)]})
+    try:
+        assert isinstance(wire.wire_for(layer.connection(0)), wire.Wire)  # so the layer's traffic goes by Wires
+        await asyncio.gather(*(layer.send("udp.receive", {"type": "t", "n": n}) for n in range(5)))
+        received = [await asyncio.wait_for(layer.receive("udp.receive"), DEADLINE) for _ in range(5)]
+        assert [message["n"] for message in received] == list(range(5))
+        name = await layer.new_channel()
+        await layer.send(name, {"type": "udp.send", "data": b"r"})
+        assert await asyncio.wait_for(layer.receive(name), DEADLINE) == {"type": "udp.send", "data": b"r"}
+    finally:
+        await layer.close_pools()
