@@ -25,17 +25,8 @@ except ImportError:  # the `redis` extra installs it; without it every host gets
 
 
 def pack(*args):
-    """One RESP command from bytes, str, int and float arguments."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int):
-            arg = b"%d" % arg
-        elif isinstance(arg, float):
-            arg = repr(arg).encode()
-        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
-    return b"".join(parts)
+    """One RESP command from bytes, str, int and float arguments (a Wire exists only where hiredis is installed)."""
+    return hiredis.pack_command(args)
 
 
 class Script:
