@@ -8,7 +8,7 @@ layer.send and a worker doing receive and the reply send) on stock
 channels_redis and on BatchingRedisChannelLayer; a gateway with 1, 2 and 4
 `udpgateway worker` processes on our layer and 2 on stock channels_redis;
 a gateway with Django's `manage.py runworker` on each (ours with the
-example's send_ahead 64, and again with send_ahead 0); and `runworker
+example's send_ahead 64 and linger 0.002, and again with send_ahead 0); and `runworker
 ceiling`, runworker alone on benchmarks/null_layer.py, a layer that costs
 nothing (its receive hands out a fixed message at once, its send returns at
 once), which is as fast as runworker goes whatever the layer: Channels'
@@ -18,7 +18,7 @@ datagrams with 64 in flight, bounded in count and time; the ceiling row
 times 20,000 messages after a warm-up (no latencies: p50 and p99 are nan).
 The last line holds the headline figures. "CPU us/rt" is the CPU time of every
 process of the row (redis-server and the client included) per answered
-round trip: unlike the rate, it does not depend on what else the machine runs. Every process it started (redis-server
+round trip: it depends less than the rate on what else the machine runs. Every process it started (redis-server
 included) is stopped by PID, even when a start fails.
 """
 
