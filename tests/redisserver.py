@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from contextlib import asynccontextmanager
 
 from tests.support import DEADLINE
 
@@ -255,3 +256,25 @@ def start_redis_server(attempts=3, kind=RedisServer):
             server.close()  # most likely the free port was taken meanwhile: try another
             if attempt == attempts - 1:
                 raise
+
+
+def wire_to(server):
+    """What gateway.layers.wire makes for a redis-py client of `server`: a Wire, or a PoolWire without hiredis."""
+    import redis.asyncio
+
+    from gateway.layers import wire
+
+    return wire.wire_for(redis.asyncio.Redis.from_url(server.url, **server.client_options))
+
+
+@asynccontextmanager
+async def wire_connection(server):
+    """A Wire to `server` (not a PoolWire), closed after the block."""
+    from gateway.layers import wire
+
+    connection = wire_to(server)
+    assert isinstance(connection, wire.Wire)
+    try:
+        yield connection
+    finally:
+        await connection.close()

@@ -1,34 +1,19 @@
 """gateway.layers.wire against a real redis-server: overlapping commands, dropped replies, reconnects, fallback."""
 
 import asyncio
-from contextlib import asynccontextmanager
 
 import pytest
-import redis.asyncio
 from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.layers import wire
+from tests.redisserver import wire_connection, wire_to
 from tests.support import aio
-
-
-def _wire(server):
-    return wire.wire_for(redis.asyncio.Redis.from_url(server.url))
-
-
-@asynccontextmanager
-async def _connection(server):
-    """A Wire to `server`, closed after the block."""
-    connection = _wire(server)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 @aio
 async def test_overlapping_commands_get_their_own_replies_and_errors(redis_server):
     """Commands written before any reply came back are answered in order, error replies raise redis-py's errors."""
-    async with _connection(redis_server) as connection:
+    async with wire_connection(redis_server) as connection:
         assert isinstance(connection, wire.Wire)
         replies = await asyncio.gather(*(connection.command(b"ECHO", b"%d" % n) for n in range(50)))
         assert replies == [b"%d" % n for n in range(50)]
@@ -43,7 +28,7 @@ async def test_overlapping_commands_get_their_own_replies_and_errors(redis_serve
 @aio
 async def test_a_cancelled_command_closes_the_connection_and_the_next_one_reconnects(redis_server):
     """A blocking pop given up drops its connection (so it takes nothing for nobody); the next command reconnects."""
-    async with _connection(redis_server) as connection:
+    async with wire_connection(redis_server) as connection:
         blocked = asyncio.ensure_future(connection.command(b"BZPOPMIN", b"nothing", 5))
         await asyncio.sleep(0.1)
         blocked.cancel()
@@ -53,16 +38,7 @@ async def test_a_cancelled_command_closes_the_connection_and_the_next_one_reconn
         assert await connection.command(b"ZCARD", b"nothing") == 1  # the pop given up took nothing
 
 
-@aio
-async def test_a_restarted_redis_costs_one_retry_not_an_error(redis_server):
-    """After Redis restarts, the next command reconnects and is answered."""
-    async with _connection(redis_server) as connection:
-        assert await connection.command(b"PING") in (b"PONG", "PONG")
-        redis_server.restart()
-        assert await connection.command(b"PING") in (b"PONG", "PONG")
-
-
 def test_without_hiredis_every_host_goes_through_redis_py(redis_server, monkeypatch):
     """With hiredis missing, wire_for hands out a PoolWire (redis-py's own pool and parser)."""
     monkeypatch.setattr(wire, "hiredis", None)
-    assert isinstance(_wire(redis_server), wire.PoolWire)
+    assert isinstance(wire_to(redis_server), wire.PoolWire)

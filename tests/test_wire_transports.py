@@ -1,26 +1,25 @@
-"""The Wire and BatchingRedisChannelLayer over a unix socket and over TLS, against real redis-servers."""
+"""The Wire and BatchingRedisChannelLayer over TCP, a unix socket and TLS, against real redis-servers."""
 
 import asyncio
 import os
 import shutil
-from contextlib import asynccontextmanager
 
 import pytest
-import redis.asyncio
 
 from gateway.layers import make_layer, wire
-from tests.redisserver import TLSRedisServer, UnixRedisServer, start_redis_server
+from tests.redisserver import RedisServer, TLSRedisServer, UnixRedisServer, start_redis_server, wire_connection
 from tests.support import DEADLINE, aio, skip_or_fail
 
 BATCHING = "gateway.layers.batching.BatchingRedisChannelLayer"
 
 
-@pytest.fixture(params=["unix", "tls"])
+@pytest.fixture(params=["tcp", "unix", "tls"])
 def server(request):
-    """A redis-server of our own reached over a unix socket only, or TLS only; stopped by its PID after the test."""
+    """A redis-server of our own reached over TCP, a unix socket only, or TLS only; stopped by its PID after the test."""
     if request.param == "tls" and not shutil.which("openssl"):
         skip_or_fail("the openssl CLI is not installed (apt-get install openssl)")
-    started = start_redis_server(kind={"unix": UnixRedisServer, "tls": TLSRedisServer}[request.param])
+    kinds = {"tcp": RedisServer, "unix": UnixRedisServer, "tls": TLSRedisServer}
+    started = start_redis_server(kind=kinds[request.param])
     try:
         yield started
     finally:
@@ -33,21 +32,10 @@ def _host(server):
     return {"address": server.url, **options} if options else server.url
 
 
-@asynccontextmanager
-async def _connection(server):
-    """A Wire to `server` (not a PoolWire), closed after the block."""
-    connection = wire.wire_for(redis.asyncio.Redis.from_url(server.url, **server.client_options))
-    assert isinstance(connection, wire.Wire)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
 @aio
 async def test_overlapping_commands_and_a_script(server):
     """Commands written before any reply came back are answered in order; a script is loaded on first use."""
-    async with _connection(server) as connection:
+    async with wire_connection(server) as connection:
         replies = await asyncio.gather(*(connection.command(b"ECHO", b"%d" % n) for n in range(50)))
         assert replies == [b"%d" % n for n in range(50)]
         assert await connection.call(wire.Script("return ARGV[1]"), [], [b"x"]) == b"x"
@@ -57,7 +45,7 @@ async def test_overlapping_commands_and_a_script(server):
 async def test_a_large_value_comes_back_intact(server):
     """A 1 MiB value (many reads, many TLS records) is written and read back byte for byte."""
     value = os.urandom(1 << 20)
-    async with _connection(server) as connection:
+    async with wire_connection(server) as connection:
         assert await connection.command(b"SET", b"large", value) in (b"OK", "OK")
         assert await connection.command(b"GET", b"large") == value
 
@@ -65,7 +53,7 @@ async def test_a_large_value_comes_back_intact(server):
 @aio
 async def test_a_restarted_redis_costs_one_retry_not_an_error(server):
     """After Redis is killed and started again at the same address, the next command reconnects and is answered."""
-    async with _connection(server) as connection:
+    async with wire_connection(server) as connection:
         assert await connection.command(b"PING") in (b"PONG", "PONG")
         server.restart()
         assert await connection.command(b"PING") in (b"PONG", "PONG")

@@ -1,6 +1,7 @@
 """At-most-once pops from one channels_redis sorted set on every Redis host, into a small bounded local buffer."""
 
 import asyncio
+import functools
 from collections import deque
 
 
@@ -52,7 +53,7 @@ class Inbox:
         try:
             popped = await self.pop(index, count)
         except Exception as exc:
-            self._wake(lambda waiter: waiter.set_exception(exc))
+            self._wake(functools.partial(_fail, exc))
         else:
             self.buffer.extend(popped)
             self._wake(lambda waiter: waiter.set_result(None))  # with nothing popped they start the next round
@@ -64,6 +65,10 @@ class Inbox:
         for waiter in waiters:
             if not waiter.done():
                 settle(waiter)
+
+
+def _fail(exc, waiter):
+    waiter.set_exception(exc)
 
 
 def blocking_pop(layer, key):
