@@ -63,20 +63,18 @@ class LayerClient:
 
     # -- what applications see --------------------------------------------
     async def send(self, channel, message):
-        if self._in_flight >= self._limit:
-            await self._wait_for_room()
-        self._in_flight += 1
-        try:
-            await self.inner.send(channel, message)
-        finally:
-            self._done()
+        await self._bounded(self.inner.send, channel, message)
 
     async def group_send(self, group, message):
+        await self._bounded(self.inner.group_send, group, message)
+
+    async def _bounded(self, send, name, message):
+        """`send(name, message)` once fewer than max_sends are in flight."""
         if self._in_flight >= self._limit:
             await self._wait_for_room()
         self._in_flight += 1
         try:
-            await self.inner.group_send(group, message)
+            await send(name, message)
         finally:
             self._done()
 
