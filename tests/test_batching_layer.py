@@ -383,3 +383,28 @@ async def test_busy_receives_linger_to_share_round_trips_and_an_idle_one_pops_at
     pops, idle = await _receive_trickle(redis_server, 0.5)
     assert sum(pops) == 21 and len(pops) <= 6, pops  # the linger: 0.5 s covers the rest of the trickle
     assert idle < 0.25
+
+
+@aio
+async def test_sends_ahead_lingering_behind_a_slow_call_keep_their_order(redis_server, monkeypatch):
+    """While the host's call hangs (Redis paused), sends ahead keep lingering and queueing behind it; once Redis
+    answers, every one arrives, in order, in fewer calls than sends, none lost."""
+    from gateway.layers import batching
+
+    monkeypatch.setattr(batching, "BUSY", 0.05)
+    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 64, "linger": 0.02},
+                       cls=CountingLayer)
+    try:
+        await layer.send("slow", {"type": "t", "n": -1})  # waits: its answer shows room
+        redis_server.pause()
+        try:
+            for n in range(30):
+                await layer.send("slow", {"type": "t", "n": n})  # returns at once: sent ahead
+                await asyncio.sleep(0.005)
+        finally:
+            redis_server.resume()
+        received = [await asyncio.wait_for(layer.receive("slow"), DEADLINE) for _ in range(31)]
+        assert [message["n"] for message in received] == list(range(-1, 30))
+        assert layer.sent_ahead_lost == 0 and len(layer.calls) < 10, layer.calls
+    finally:
+        await layer.close_pools()
