@@ -15,7 +15,7 @@ BATCHING = "gateway.layers.batching.BatchingRedisChannelLayer"
 
 @pytest.fixture(params=["tcp", "unix", "tls"])
 def server(request):
-    """A redis-server of our own reached over TCP, a unix socket only, or TLS only; stopped by its PID after the test."""
+    """A redis-server of our own reached over TCP, a unix socket only or TLS only; stopped by PID after the test."""
     if request.param == "tls" and not shutil.which("openssl"):
         skip_or_fail("the openssl CLI is not installed (apt-get install openssl)")
     kinds = {"tcp": RedisServer, "unix": UnixRedisServer, "tls": TLSRedisServer}
