@@ -1,5 +1,6 @@
 """Shared fixtures: a real gateway on loopback, async UDP clients, skip-or-fail for optional parts."""
 
+import contextlib
 import functools
 
 import pytest
@@ -130,43 +131,40 @@ def no_leftovers(request):
     assert not leftover, f"delayed calls left behind: {leftover}"
 
 
-@pytest.fixture
-def redis_server():
-    """A redis-server of our own on 127.0.0.1 and a random port, stopped by its PID after the test."""
-    from tests.redisserver import start_redis_server
-
-    server = start_redis_server()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def shared_redis():
-    """One redis-server for a module's tests that never stop it; flushed by each test that needs it."""
-    from tests.redisserver import start_redis_server
-
-    server = start_redis_server()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def redis_trio():
-    """Three redis-servers of our own for a module's sharded-layer tests (2 or 3 of them as hosts)."""
+@contextlib.contextmanager
+def own_redis_servers(count):
+    """A list of `count` redis-servers of our own, each stopped by its PID when the block ends."""
     from tests.redisserver import start_redis_server
 
     servers = []
     try:
-        for _ in range(3):
+        for _ in range(count):
             servers.append(start_redis_server())
         yield servers
     finally:
         for server in servers:
             server.close()
+
+
+@pytest.fixture
+def redis_server():
+    """A redis-server of our own on 127.0.0.1 and a random port, stopped by its PID after the test."""
+    with own_redis_servers(1) as [server]:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_redis():
+    """One redis-server for a module's tests that never stop it; flushed by each test that needs it."""
+    with own_redis_servers(1) as [server]:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_trio():
+    """Three redis-servers of our own for a module's sharded-layer tests (2 or 3 of them as hosts)."""
+    with own_redis_servers(3) as servers:
+        yield servers
 
 
 @pytest.fixture(params=["stock", "batching"])

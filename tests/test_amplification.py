@@ -1,5 +1,7 @@
 """Tests for gateway.amplification.ReplyBudget: reply bytes per channel bounded by factor x bytes received."""
 
+import pytest
+
 from gateway.amplification import ReplyBudget, make_budget
 from gateway.config import ListenerConfig
 
@@ -22,12 +24,17 @@ def test_later_datagrams_add_credit():
     assert budget.spend("t", "echo", 5)
 
 
-def test_fractional_factor():
-    """A factor of 1.5 lets 51 bytes answer 34."""
-    budget = ReplyBudget({"echo": 1.5})
-    budget.received("t", "echo", 34)
-    assert not budget.spend("t", "echo", 52)
-    assert budget.spend("t", "echo", 51)
+@pytest.mark.parametrize(
+    "factor, size, allowed",
+    [pytest.param(1.5, 34, 51, id="fractional-factor"), pytest.param(10, 0, 0, id="zero-length-datagram")],
+)
+def test_limit_is_exact(factor, size, allowed):
+    """factor x bytes received is the limit to the byte: a factor of 1.5 lets 51 bytes answer 34, and a
+    zero-length datagram gives its channel no credit."""
+    budget = ReplyBudget({"echo": factor})
+    budget.received("t", "echo", size)
+    assert not budget.spend("t", "echo", allowed + 1)
+    assert budget.spend("t", "echo", allowed)
 
 
 def test_channels_are_accounted_separately():
@@ -36,14 +43,6 @@ def test_channels_are_accounted_separately():
     budget.received("a", "echo", 100)
     assert not budget.spend("b", "echo", 1)
     assert budget.spend("a", "echo", 200)
-
-
-def test_zero_length_datagram_buys_nothing():
-    """A zero-length datagram gives its channel no credit."""
-    budget = ReplyBudget({"echo": 10})
-    budget.received("t", "echo", 0)
-    assert not budget.spend("t", "echo", 1)
-    assert budget.spend("t", "echo", 0)
 
 
 def test_no_cap_when_factor_is_none():

@@ -29,25 +29,36 @@ def test_echo_benchmark_smoke(extra):
         assert "ratios redis/raw" in out
 
 
-def test_echo_benchmark_stopped_leaves_nothing_running():
-    """SIGTERM to benchmarks/echo_bench.py mid-run stops the raw echo and the gateway it started, by PID."""
-    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / "echo_bench.py"), "--smoke", "--hold"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=child_env())
+@pytest.mark.parametrize(
+    "argv, stdin, running",
+    [
+        # echo_bench holds before measuring until a line on stdin: it never comes.
+        pytest.param(["echo_bench.py", "--smoke", "--hold"], subprocess.PIPE, lambda line: "servers started" in line,
+                     id="echo_bench"),
+        pytest.param(["soak.py", "--smoke", "--progress"], None, lambda line: line.startswith("  t="), id="soak"),
+    ],
+)
+def test_benchmark_stopped_leaves_nothing_running(argv, stdin, running):
+    """SIGTERM to a benchmark mid-run stops what it started, by PID: echo_bench.py the raw echo and the
+    gateway, soak.py the gateway."""
+    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / argv[0]), *argv[1:]], stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=child_env())
     try:
         seen = []
         for line in proc.stdout:  # ends early if the benchmark does
             seen.append(line)
-            if "servers started" in line:
+            if running(line):
                 break
-        assert seen and "servers started" in seen[-1], "".join(seen)
-        proc.send_signal(signal.SIGTERM)  # it holds before measuring until a line on stdin: never comes
+        assert seen and running(seen[-1]), "".join(seen)
+        proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 128 + signal.SIGTERM, "".join(seen)
     finally:
         left = kill_group(proc)
         if proc.poll() is None:
             proc.wait(10)
-        proc.stdin.close()
+        if proc.stdin:
+            proc.stdin.close()
         proc.stdout.close()
     assert not left, f"left running: {left}"
 
@@ -78,25 +89,3 @@ def test_soak_smoke():
     assert status == 0, out + err
     for text in ("unaccounted 0", "replies to the wrong source 0", "exit status 0 on SIGTERM", "result: PASS"):
         assert text in out, out
-
-
-def test_soak_stopped_leaves_nothing_running():
-    """SIGTERM to benchmarks/soak.py mid-run stops the gateway it started, by PID."""
-    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / "soak.py"), "--smoke", "--progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env=child_env())
-    try:
-        seen = []
-        for line in proc.stdout:  # ends early if the soak does
-            seen.append(line)
-            if line.startswith("  t="):
-                break
-        assert seen and seen[-1].startswith("  t="), "".join(seen)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 128 + signal.SIGTERM, "".join(seen)
-    finally:
-        left = kill_group(proc)
-        if proc.poll() is None:
-            proc.wait(10)
-        proc.stdout.close()
-    assert not left, f"left running: {left}"

@@ -47,6 +47,13 @@ async def tick():
         await asyncio.sleep(0)
 
 
+async def started(*awaitables):
+    """Start each awaitable as a task and let them all reach their wait; returns the tasks."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    await tick()
+    return tasks
+
+
 class FakeClock:
     """A settable replacement for the layer's monotonic clock."""
 
@@ -86,8 +93,7 @@ async def test_receive_waits_for_send():
     layer = InMemoryChannelLayer()
 
     async def scenario():
-        receiving = asyncio.ensure_future(layer.receive("in"))
-        await tick()
+        [receiving] = await started(layer.receive("in"))
         assert not receiving.done()
         await layer.send("in", msg(1))
         return await receiving
@@ -226,8 +232,7 @@ async def test_receive_single_waits():
     layer = InMemoryChannelLayer()
 
     async def scenario():
-        receiving = asyncio.ensure_future(layer.receive_single("p.x!"))
-        await tick()
+        [receiving] = await started(layer.receive_single("p.x!"))
         await layer.send("p.x!abc", MSG)
         return await receiving
 
@@ -253,9 +258,7 @@ async def test_waiting_full_name_receivers():
     layer = InMemoryChannelLayer()
 
     async def scenario():
-        a = asyncio.ensure_future(layer.receive("p.x!a"))
-        b = asyncio.ensure_future(layer.receive("p.x!b"))
-        await tick()
+        a, b = await started(layer.receive("p.x!a"), layer.receive("p.x!b"))
         await layer.send("p.x!b", msg(1))
         await layer.send("p.x!a", msg(2))
         return await a, await b
@@ -298,8 +301,7 @@ async def test_cancelled_receive_loses_nothing(channel):
     layer = InMemoryChannelLayer()
 
     async def scenario():
-        first = asyncio.ensure_future(layer.receive(channel))
-        await tick()
+        [first] = await started(layer.receive(channel))
         await layer.send(channel, MSG)
         await cancelled(first)
         return await layer.receive(channel)
@@ -307,39 +309,28 @@ async def test_cancelled_receive_loses_nothing(channel):
     assert await aio(scenario()) == MSG
 
 
-@pytest.mark.parametrize("channel", ["in", "p.x!a"])
+@pytest.mark.parametrize(
+    "method, name, channel, expected",
+    [
+        pytest.param("receive", "in", "in", MSG, id="in"),
+        pytest.param("receive", "p.x!a", "p.x!a", MSG, id="p.x!a"),
+        pytest.param("receive_single", "p.x!", "p.x!a", ("p.x!a", MSG), id="receive_single"),
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_cancelled_receive_passes_wake_up_on(channel):
-    """When a woken receive is cancelled, another waiting receive gets the message."""
+async def test_cancelled_receive_passes_wake_up_on(method, name, channel, expected):
+    """When a woken receive or receive_single("x!") is cancelled, another waiting one gets the message."""
     layer = InMemoryChannelLayer()
+    receive = getattr(layer, method)
 
     async def scenario():
-        first = asyncio.ensure_future(layer.receive(channel))
-        second = asyncio.ensure_future(layer.receive(channel))
-        await tick()
+        first, second = await started(receive(name), receive(name))
         await layer.send(channel, MSG)
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
         return await asyncio.wait_for(second, DEADLINE)
 
-    assert await aio(scenario()) == MSG
-
-
-@pytest_twisted.ensureDeferred
-async def test_cancelled_receive_single_passes_wake_up_on():
-    """A cancelled receive_single("x!") hands its wake-up to the next waiter."""
-    layer = InMemoryChannelLayer()
-
-    async def scenario():
-        first = asyncio.ensure_future(layer.receive_single("p.x!"))
-        second = asyncio.ensure_future(layer.receive_single("p.x!"))
-        await tick()
-        await layer.send("p.x!a", MSG)
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
-        return await asyncio.wait_for(second, DEADLINE)
-
-    assert await aio(scenario()) == ("p.x!a", MSG)
+    assert await aio(scenario()) == expected
 
 
 @pytest_twisted.ensureDeferred
@@ -348,10 +339,11 @@ async def test_cancelled_waiters_leave_no_state():
     layer = InMemoryChannelLayer()
 
     async def scenario():
-        tasks = [asyncio.ensure_future(layer.receive(f"p.x!{i}")) for i in range(10)]
-        tasks += [asyncio.ensure_future(layer.receive_single("p.x!"))]
-        tasks += [asyncio.ensure_future(layer.receive(f"in{i}")) for i in range(10)]
-        await tick()
+        tasks = await started(
+            *(layer.receive(f"p.x!{i}") for i in range(10)),
+            layer.receive_single("p.x!"),
+            *(layer.receive(f"in{i}") for i in range(10)),
+        )
         for task in tasks:
             await cancelled(task)
 
@@ -365,9 +357,7 @@ async def test_prefix_and_name_receivers_share_messages():
     layer = InMemoryChannelLayer()
 
     async def scenario():
-        single = asyncio.ensure_future(layer.receive_single("p.x!"))
-        named = asyncio.ensure_future(layer.receive("p.x!a"))
-        await tick()
+        single, named = await started(layer.receive_single("p.x!"), layer.receive("p.x!a"))
         await layer.send("p.x!a", msg(1))
         await tick()
         assert single.done() != named.done()
@@ -429,8 +419,7 @@ async def test_flush():
     layer = InMemoryChannelLayer()
 
     async def scenario():
-        waiting = asyncio.ensure_future(layer.receive("in"))
-        await tick()
+        [waiting] = await started(layer.receive("in"))
         await layer.send("other", msg(1))
         await layer.group_add("g", "other")
         await layer.flush()
@@ -501,9 +490,7 @@ async def test_bounded_layer_limits_sends():
 
     async def scenario():
         inner.release = asyncio.Event()
-        sends = [asyncio.ensure_future(bounded.send("c", MSG)) for _ in range(3)]
-        sends.append(asyncio.ensure_future(bounded.group_send("g", MSG)))
-        await tick()
+        sends = await started(*(bounded.send("c", MSG) for _ in range(3)), bounded.group_send("g", MSG))
         assert inner.in_flight == 2
         inner.release.set()
         await asyncio.gather(*sends)

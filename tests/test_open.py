@@ -13,6 +13,8 @@ from tests.test_metrics import metrics_url, scrape, write
 
 PAD = 34  # the issue's measured request: 34 bytes answered with 1,000 replies of 1,000 bytes
 METRICS = "metrics: {bind: 127.0.0.1, port: 0}\n"
+AMPLIFIER = "application: tests.apps:amplifier\nlisteners:\n"
+ROOMY = "channel_layer: {backend: memory, config: {capacity: 5000}}\n"  # room for a flood's replies
 
 
 def request(text):
@@ -43,8 +45,10 @@ def until_marker(sock, address, marker):
     return before
 
 
-def start(processes, tmp_path, text):
-    return processes.start(GatewayProcess(write(tmp_path, text)))
+def start(processes, tmp_path, listeners, top=""):
+    """A gateway running tests.apps:amplifier with these listener lines and a metrics endpoint: (gateway, its URL)."""
+    gateway = processes.start(GatewayProcess(write(tmp_path, top + AMPLIFIER + listeners + METRICS)))
+    return gateway, metrics_url(gateway)
 
 
 def counter(gateway_url, name, listener):
@@ -54,12 +58,11 @@ def counter(gateway_url, name, listener):
 def test_allow_and_deny(tmp_path, processes):
     """deny wins over allow, allow serves only its sources, either family; denied datagrams are counted
     as dropped_denied for their listener and never logged one by one."""
-    text = ("application: tests.apps:amplifier\nlisteners:\n"
-            "  - {name: v4, type: plain, bind: 127.0.0.1, port: 0, allow: [127.0.0.0/8], deny: [127.0.0.2]}\n"
-            "  - {name: v6, type: plain, bind: '::1', port: 0, allow: [127.0.0.1]}\n"
-            "  - {name: both, type: plain, bind: '::1', port: 0, allow: ['::1', 10.0.0.0/8]}\n" + METRICS)
-    gateway = start(processes, tmp_path, text)
-    url = metrics_url(gateway)
+    gateway, url = start(
+        processes, tmp_path,
+        "  - {name: v4, type: plain, bind: 127.0.0.1, port: 0, allow: [127.0.0.0/8], deny: [127.0.0.2]}\n"
+        "  - {name: v6, type: plain, bind: '::1', port: 0, allow: [127.0.0.1]}\n"
+        "  - {name: both, type: plain, bind: '::1', port: 0, allow: ['::1', 10.0.0.0/8]}\n")
     v4, v6, both = (("127.0.0.1", gateway.port("v4")), ("::1", gateway.port("v6")), ("::1", gateway.port("both")))
     with udp("127.0.0.1") as good, udp("127.0.0.2") as denied, udp("::1") as other_family:
         for n in range(5):
@@ -83,10 +86,8 @@ def test_allow_and_deny(tmp_path, processes):
 def test_rate_limit_per_source(tmp_path, processes):
     """A source over rate_limit gets at most burst + rate x elapsed answers, counted dropped_rate_limited;
     another source is served in full."""
-    text = ("application: tests.apps:amplifier\nlisteners:\n"
-            "  - {name: echo, type: plain, bind: 127.0.0.1, port: 0, rate_limit: {rate: 1, burst: 3}}\n" + METRICS)
-    gateway = start(processes, tmp_path, text)
-    url = metrics_url(gateway)
+    gateway, url = start(processes, tmp_path,
+                         "  - {name: echo, type: plain, bind: 127.0.0.1, port: 0, rate_limit: {rate: 1, burst: 3}}\n")
     address = ("127.0.0.1", gateway.port("echo"))
     with udp("127.0.0.2") as flooder, udp("127.0.0.1") as good:
         started = time.monotonic()
@@ -134,11 +135,7 @@ def handled(url, listener, total):
 def test_amplification_cap(tmp_path, processes):
     """One 34-byte datagram answered with 1,000 replies of 1,000 bytes gets none of them out (default factor 10):
     a reply channel never sends more than 10 x the bytes its client sent; the rest is dropped_amplification."""
-    text = ("channel_layer: {backend: memory, config: {capacity: 5000}}\n"
-            "application: tests.apps:amplifier\nlisteners:\n"
-            "  - {name: open, type: plain, bind: 127.0.0.1, port: 0}\n" + METRICS)
-    gateway = start(processes, tmp_path, text)
-    url = metrics_url(gateway)
+    gateway, url = start(processes, tmp_path, "  - {name: open, type: plain, bind: 127.0.0.1, port: 0}\n", top=ROOMY)
     address = ("127.0.0.1", gateway.port("open"))
     with udp(rcvbuf=1 << 20) as victim:
         victim.sendto(request("flood 1000 1000"), address)
@@ -155,12 +152,11 @@ def test_amplification_cap(tmp_path, processes):
 
 def test_amplification_other_factor_and_off(tmp_path, processes):
     """`amplification: 2` lets a channel send twice what it received; `null` turns the cap off, said at startup."""
-    text = ("channel_layer: {backend: memory, config: {capacity: 5000}}\n"
-            "application: tests.apps:amplifier\nlisteners:\n"
-            "  - {name: two, type: plain, bind: 127.0.0.1, port: 0, amplification: 2}\n"
-            "  - {name: uncapped, type: plain, bind: 127.0.0.1, port: 0, amplification: null}\n" + METRICS)
-    gateway = start(processes, tmp_path, text)
-    url = metrics_url(gateway)
+    gateway, url = start(
+        processes, tmp_path,
+        "  - {name: two, type: plain, bind: 127.0.0.1, port: 0, amplification: 2}\n"
+        "  - {name: uncapped, type: plain, bind: 127.0.0.1, port: 0, amplification: null}\n",
+        top=ROOMY)
     assert "listener uncapped: amplification cap off (amplification: null)" in gateway.wait_for("cap off")
     assert gateway.count("amplification cap off") == 1
     with udp(rcvbuf=1 << 20) as client:
@@ -178,12 +174,11 @@ def test_send_channel_is_not_capped(tmp_path, processes):
     """Messages to a send_channel are not replies to a source: all leave, whatever the remote sent;
     the connected listener's own reply channel is capped."""
     with udp(rcvbuf=1 << 20) as remote:
-        text = ("channel_layer: {backend: memory, config: {capacity: 5000}}\n"
-                "application: tests.apps:amplifier\nlisteners:\n"
-                "  - {name: uplink, type: connected, bind: 127.0.0.1, port: 0, send_channel: uplink.out,\n"
-                f"     remote: {{host: 127.0.0.1, port: {remote.getsockname()[1]}}}}}\n" + METRICS)
-        gateway = start(processes, tmp_path, text)
-        url = metrics_url(gateway)
+        gateway, url = start(
+            processes, tmp_path,
+            "  - {name: uplink, type: connected, bind: 127.0.0.1, port: 0, send_channel: uplink.out,\n"
+            f"     remote: {{host: 127.0.0.1, port: {remote.getsockname()[1]}}}}}\n",
+            top=ROOMY)
         address = ("127.0.0.1", gateway.port("uplink"))
         remote.sendto(request("announce 50 1000 uplink.out"), address)
         handled(url, "uplink", 50)
@@ -215,8 +210,7 @@ def test_reload_applies_new_source_rules(tmp_path, processes):
     from tests.test_reload import last_port, reload_with
 
     def text(deny, factor):
-        return ("application: tests.apps:amplifier\nlisteners:\n"
-                f"  - {{name: guarded, type: plain, bind: 127.0.0.1, port: 0, deny: [{deny}], "
+        return (AMPLIFIER + f"  - {{name: guarded, type: plain, bind: 127.0.0.1, port: 0, deny: [{deny}], "
                 f"amplification: {factor}}}\n"
                 "  - {name: kept, type: plain, bind: 127.0.0.1, port: 0, amplification: 2}\n")
 

@@ -99,6 +99,15 @@ def command_calls(server, name):
     return int(stats.split(",")[0].split("=")[1])
 
 
+def start_with_app(tmp_path, processes, redis_server, module, source, limits=""):
+    """A gateway over Redis whose application is `source`, written as module.py beside its config:
+    (gateway, its echo address)."""
+    (tmp_path / f"{module}.py").write_text(source)
+    path = write_config(tmp_path, redis_server.url, application=f"{module}:application", limits=limits)
+    gateway = processes.start(gateway_process(path))
+    return gateway, ("127.0.0.1", gateway.port("echo"))
+
+
 def require_rmem_max(size=4 * 1024 * 1024):
     current = int(Path("/proc/sys/net/core/rmem_max").read_text())
     if current < size:
@@ -258,10 +267,7 @@ def test_receive_loops_retry_every_second_while_redis_is_down(tmp_path, processe
 def test_reply_failing_because_redis_died_counts_app_errors(tmp_path, processes, redis_server):
     """An application whose own reply fails because Redis died under it raises: counted as app_errors;
     the gateway serves again once Redis is back."""
-    (tmp_path / "holdapp.py").write_text(HOLD_APP)
-    path = write_config(tmp_path, redis_server.url, application="holdapp:application")
-    gateway = processes.start(gateway_process(path))
-    address = ("127.0.0.1", gateway.port("echo"))
+    gateway, address = start_with_app(tmp_path, processes, redis_server, "holdapp", HOLD_APP)
     with Clients(1) as clients:
         clients.until_answered(address)
         clients.send(0, b"hold1", address)
@@ -278,11 +284,8 @@ def test_reply_failing_because_redis_died_counts_app_errors(tmp_path, processes,
 def test_max_layer_sends_includes_the_applications_own_sends(tmp_path, processes, redis_server):
     """An application's own layer sends share max_layer_sends: 30 sends at once open no more than
     max_layer_sends Redis connections beside the two blocking receives, and all 30 arrive."""
-    (tmp_path / "fanout.py").write_text(FANOUT_APP)
-    path = write_config(tmp_path, redis_server.url, application="fanout:application",
-                        limits="  max_layer_sends: 2\n")
-    gateway = processes.start(gateway_process(path))
-    address = ("127.0.0.1", gateway.port("echo"))
+    gateway, address = start_with_app(tmp_path, processes, redis_server, "fanout", FANOUT_APP,
+                                      limits="  max_layer_sends: 2\n")
     with Clients(1) as clients:
         assert clients.exchange(b"go", address, timeout=30).data == b"go sent"
         assert zcard(redis_server, b"asgisink") == 30
@@ -296,11 +299,8 @@ def test_max_layer_sends_includes_the_applications_own_sends(tmp_path, processes
 def test_gateway_with_application_on_redis_stops_receiving_at_max_concurrency(tmp_path, processes, redis_server):
     """A gateway running its application over Redis takes no more than max_concurrency messages:
     the rest wait in Redis (ZCARD of udp.receive) until a call finishes, then all are answered."""
-    (tmp_path / "holdapp.py").write_text(HOLD_APP)
-    path = write_config(tmp_path, redis_server.url, application="holdapp:application",
-                        limits="  max_concurrency: 2\n")
-    gateway = processes.start(gateway_process(path))
-    address = ("127.0.0.1", gateway.port("echo"))
+    gateway, address = start_with_app(tmp_path, processes, redis_server, "holdapp", HOLD_APP,
+                                      limits="  max_concurrency: 2\n")
     with Clients(1) as clients:
         clients.until_answered(address)
         sent = [b"hold%d" % n for n in range(6)]

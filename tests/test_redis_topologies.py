@@ -44,6 +44,18 @@ def start_gateway(processes, path, env=None):
     return gateway, ("127.0.0.1", gateway.port("echo")), gateway_id(gateway)
 
 
+def start_holding(tmp_path, processes, redis, max_concurrency):
+    """A gateway and a worker with `max_concurrency` whose calls each wait until the file `release` exists.
+
+    Returns (config path, gateway, its address, worker, release).
+    """
+    path = write_config(tmp_path, redis.url, limits=f"  max_concurrency: {max_concurrency}\n")
+    gateway, address, _ = start_gateway(processes, path)
+    release = tmp_path / "release"
+    worker = processes.start(worker_process(path, env={"UDPGATEWAY_TEST_HOLD": str(release)}))
+    return path, gateway, address, worker, release
+
+
 def stop_all(*started):
     """Stop each process by PID; every one must exit 0 with a clean log."""
     for process in started:
@@ -187,10 +199,7 @@ listeners:
 
 def test_worker_at_max_concurrency_stops_receiving(tmp_path, processes, redis, core_backend):
     """A worker busy with max_concurrency calls receives no more: the other worker answers all the rest."""
-    path = write_config(tmp_path, redis.url, limits="  max_concurrency: 2\n")
-    gateway, address, _ = start_gateway(processes, path)
-    release = tmp_path / "release"
-    busy = processes.start(worker_process(path, env={"UDPGATEWAY_TEST_HOLD": str(release)}))
+    path, gateway, address, busy, release = start_holding(tmp_path, processes, redis, 2)
     with Clients(1) as clients:
         # Only the busy worker runs: it takes two messages and holds them, the rest wait in Redis.
         sent = clients.burst(6, address)
@@ -226,10 +235,7 @@ def test_worker_hung_calls_time_out_and_free_their_slots(tmp_path, processes, re
 
 def test_worker_runs_several_messages_at_once(tmp_path, processes, redis, core_backend):
     """One worker runs up to max_concurrency calls concurrently, not one after another."""
-    path = write_config(tmp_path, redis.url, limits="  max_concurrency: 50\n")
-    gateway, address, _ = start_gateway(processes, path)
-    release = tmp_path / "release"
-    worker = processes.start(worker_process(path, env={"UDPGATEWAY_TEST_HOLD": str(release)}))
+    _, gateway, address, worker, release = start_holding(tmp_path, processes, redis, 50)
     with Clients(10) as clients:
         sent = clients.burst(40, address)
         # None can finish before the release: 40 held at once are 40 calls running concurrently.

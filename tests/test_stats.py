@@ -123,13 +123,19 @@ def test_quiet_log_default_clock():
     assert lines(events) == ["problem"]
 
 
-def test_reporter_logs_when_changed():
-    """The reporter logs the summary each interval only when the counters changed."""
+def started_reporter():
+    """A CounterReporter started on a fake clock, interval 60: (reporter, its counters, the clock, logged events)."""
     log, events = capture()
     clock = Clock()
     counters = Counters()
     reporter = CounterReporter(counters, log, interval=60, clock=clock)
     reporter.start()
+    return reporter, counters, clock, events
+
+
+def test_reporter_logs_when_changed():
+    """The reporter logs the summary each interval only when the counters changed."""
+    reporter, counters, clock, events = started_reporter()
     clock.advance(60)
     assert events == []
     counters.incr("received", 2)
@@ -142,11 +148,7 @@ def test_reporter_logs_when_changed():
 
 def test_reporter_final_line_on_stop():
     """stop() logs a last summary if anything changed since the previous one."""
-    log, events = capture()
-    clock = Clock()
-    counters = Counters()
-    reporter = CounterReporter(counters, log, interval=60, clock=clock)
-    reporter.start()
+    reporter, counters, clock, events = started_reporter()
     counters.incr("dropped_queue_full")
     reporter.stop()
     assert lines(events) == ["counters: dropped_queue_full=1"]
