@@ -53,6 +53,7 @@ P = "name: echo, type: plain, bind: 127.0.0.1, port: 9999"
 C = "name: up, type: connected, bind: 127.0.0.1, port: 9000, remote: {host: 127.0.0.1, port: 9001}"
 M = "name: mc, type: multicast, port: 5353, groups: [224.0.0.251]"
 REDIS = "channel_layer: {backend: channels_redis.core.RedisChannelLayer"
+BATCHING = "channel_layer: {backend: gateway.layers.batching.BatchingRedisChannelLayer"
 
 
 def doc(*listeners, top=APP):
@@ -434,6 +435,21 @@ ROWS = [
         "(did you mean 'hosts'?)",
     ),
     (
+        "batching-linger-range",
+        doc(P, top=BATCHING + ", config: {linger: 5}}\n"),
+        "gateway.yaml: channel_layer.config.linger: must be a number of seconds from 0 to 1, not 5",
+    ),
+    (
+        "batching-send-ahead-text",
+        doc(P, top=BATCHING + ", config: {send_ahead: '64'}}\n"),
+        "gateway.yaml: channel_layer.config.send_ahead: must be an integer of 0 or more, not '64'",
+    ),
+    (
+        "batching-receive-batch-zero",
+        doc(P, top=BATCHING + ", config: {receive_batch: 0}}\n"),
+        "gateway.yaml: channel_layer.config.receive_batch: must be a positive integer, not 0",
+    ),
+    (
         "layer-required-key",
         doc(P, top="channel_layer: {backend: cfglayer.Layer}\n"),
         "channel_layer.config: required key 'url' of cfglayer.Layer is missing",
@@ -620,6 +636,7 @@ def test_problem_lines(load, text, expected):
 
 VALID = [
     ("minimal", doc(P)),
+    ("batching-own-keys", doc(P, top=BATCHING + ", config: {send_ahead: 64, linger: 0.002, receive_batch: 16}}\n")),
     ("loopback-127-0-0-2", doc(P.replace("127.0.0.1", "127.0.0.2"))),
     ("both-reuse-port", doc(P + ", reuse_port: true", P.replace("echo", "two") + ", reuse_port: true")),
     ("port-zero-twice", doc(P.replace("9999", "0"), P.replace("echo", "two").replace("9999", "0"))),

@@ -60,7 +60,12 @@ def backend_problems(backend, config):
         return [(("backend",), REDIS_HINT if _redis_missing(backend, exc) else str(exc))]
     if not callable(layer_class):
         return [(("backend",), f"{backend} is not a class")]
-    return _config_key_problems(backend, config, *_parameters(layer_class))
+    problems = _config_key_problems(backend, config, *_parameters(layer_class))
+    # A layer of ours says what is wrong with its own values (BatchingRedisChannelLayer.config_problems).
+    values = getattr(layer_class, "config_problems", None)
+    if not problems and isinstance(config, dict) and callable(values):
+        problems = [(("config", key), message) for key, message in values(config)]
+    return problems
 
 
 def _config_key_problems(backend, config, accepted, required):

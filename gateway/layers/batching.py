@@ -282,12 +282,9 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         super().__init__(hosts=hosts, prefix=prefix, expiry=expiry, group_expiry=group_expiry, capacity=capacity,
                          channel_capacity=channel_capacity, symmetric_encryption_keys=symmetric_encryption_keys,
                          random_prefix_length=random_prefix_length, serializer_format=serializer_format)
-        if not (isinstance(receive_batch, int) and receive_batch >= 1):
-            raise ValueError(f"receive_batch must be a positive integer, not {receive_batch!r}")
-        if not (isinstance(send_ahead, int) and not isinstance(send_ahead, bool) and send_ahead >= 0):
-            raise ValueError(f"send_ahead must be an integer of 0 or more, not {send_ahead!r}")
-        if not (isinstance(linger, (int, float)) and not isinstance(linger, bool) and 0 <= linger <= MAX_LINGER):
-            raise ValueError(f"linger must be a number of seconds from 0 to {MAX_LINGER:g}, not {linger!r}")
+        problems = self.config_problems({"receive_batch": receive_batch, "send_ahead": send_ahead, "linger": linger})
+        if problems:
+            raise ValueError("; ".join(f"{key} {what}" for key, what in problems))
         self.receive_batch = receive_batch
         self.send_ahead = send_ahead
         self.linger = linger
@@ -297,6 +294,12 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         self._last_score = 0.0
         self._known = {}     # recently sent-to channel name -> its capacity (the name is valid)
         self._has_bzmpop = True  # until a Redis before 7.0 says otherwise
+
+    @classmethod
+    def config_problems(cls, config):
+        """[(key, what is wrong)] for the keys of `config` this layer adds to channels_redis' (udpgateway check)."""
+        return [(key, f"{rule}, not {config[key]!r}") for key, (valid, rule) in _OWN_KEYS.items()
+                if key in config and not valid(config[key])]
 
     async def send(self, channel, message):
         """Queue a message for this turn's batch; ChannelFull if its channel was at capacity."""
@@ -496,6 +499,22 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         """Wall-clock time as channels_redis scores messages, strictly increasing so a batch keeps its order."""
         self._last_score = max(time.time(), self._last_score + 1e-6)
         return self._last_score
+
+
+def _count(value, least):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _seconds(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_LINGER
+
+
+# The keys this layer adds to channels_redis': (valid(value), what a valid value is).
+_OWN_KEYS = {
+    "receive_batch": (lambda value: _count(value, 1), "must be a positive integer"),
+    "send_ahead": (lambda value: _count(value, 0), "must be an integer of 0 or more"),
+    "linger": (_seconds, f"must be a number of seconds from 0 to {MAX_LINGER:g}"),
+}
 
 
 def _unpack(packed):
