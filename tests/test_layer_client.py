@@ -9,11 +9,15 @@ from tests.support import DEADLINE, aio, eventually
 
 STOCK = "channels_redis.core.RedisChannelLayer"
 BATCHING = "gateway.layers.batching.BatchingRedisChannelLayer"
-BACKENDS = pytest.mark.parametrize("backend", [STOCK, BATCHING], ids=["stock", "batching"])
+# Ours again as the Django example sets it: sends return ahead of Redis' answer, busy traffic lingers.
+LINGERING = (BATCHING, {"send_ahead": 64, "linger": 0.002})
+BACKENDS = pytest.mark.parametrize("backend", [STOCK, BATCHING, LINGERING], ids=["stock", "batching", "lingering"])
 
 
 def _layer(servers, backend=STOCK, **config):
-    return make_layer(backend, {"hosts": [server.url for server in servers], **config})
+    """The layer `backend` names (or a (backend, its own keys) pair) on `servers`."""
+    backend, own = backend if isinstance(backend, tuple) else (backend, {})
+    return make_layer(backend, {"hosts": [server.url for server in servers], **own, **config})
 
 
 @aio
