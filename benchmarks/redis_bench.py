@@ -2,6 +2,7 @@
 
     python benchmarks/redis_bench.py            # the full run (a few minutes)
     python benchmarks/redis_bench.py --smoke    # seconds; what CI runs
+    python benchmarks/redis_bench.py --only runworker --repeat 5   # medians over 5 rounds
 
 Rows: a bare layer round trip without gateway (a client process doing
 layer.send and a worker doing receive and the reply send) on stock
@@ -26,6 +27,7 @@ import argparse
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -251,30 +253,54 @@ def headline(results):
     return "headline: " + "; ".join(parts)
 
 
+def medians(rounds):
+    """One line: each row's median rate over the rounds, and runworker ours/stock in each round and their median."""
+    parts = []
+    for name in [r["name"] for r in rounds[0]]:
+        rates = [r["rate"] for results in rounds for r in results if r["name"] == name]
+        parts.append(f"{name} {statistics.median(rates):,.0f}/s")
+    ratios = []
+    for results in rounds:
+        by_name = {r["name"]: r["rate"] for r in results}
+        if by_name.get("runworker stock") and "runworker ours" in by_name:
+            ratios.append(by_name["runworker ours"] / by_name["runworker stock"])
+    if ratios:
+        parts.append("runworker ours/stock " + ", ".join(f"x{ratio:.1f}" for ratio in ratios)
+                     + f" (median x{statistics.median(ratios):.1f})")
+    return f"medians over {len(rounds)} rounds: " + "; ".join(parts)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds: checks it runs, not a measurement")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--only", help="run only the rows whose name contains this text")
+    parser.add_argument("--repeat", type=int, default=1, choices=range(1, 101), metavar="N",
+                        help="run the rows N times over (1 to 100), a headline each time, then the medians")
     args = parser.parse_args(argv)
     args.pings, args.count, args.window, args.budget = (20, 200, 16, 5.0) if args.smoke else (500, 40000, 64, 20.0)
     args.ceiling = 2000 if args.smoke else 20000  # messages the ceiling row times, after its warm-up
     selected = [r for r in rows(args.smoke) if not args.only or args.only in r[0]]
-    results = []
+    rounds = []
     signal.signal(signal.SIGTERM, _terminated)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             redis, port = start_redis(tmp)
-            print(f"{'row':<18} {'p50 us':>9} {'p99 us':>9} {'round trips/s':>13} {'CPU us/rt':>10} "
-                  f"{'answered/sent':>19}", flush=True)
-            for row in selected:
-                flushall(port)
-                results.append(measure(row, port, redis.pid, tmp, args))
+            for _ in range(args.repeat):
+                print(f"{'row':<18} {'p50 us':>9} {'p99 us':>9} {'round trips/s':>13} {'CPU us/rt':>10} "
+                      f"{'answered/sent':>19}", flush=True)
+                results = []
+                for row in selected:
+                    flushall(port)
+                    results.append(measure(row, port, redis.pid, tmp, args))
+                rounds.append(results)
+                print(headline(results), flush=True)
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
             stop_children()  # each child by PID, redis-server last
-    print(headline(results), flush=True)
-    return 0 if all(r["answered"] for r in results) else 1
+    if len(rounds) > 1:
+        print(medians(rounds), flush=True)
+    return 0 if all(r["answered"] for results in rounds for r in results) else 1
 
 
 if __name__ == "__main__":

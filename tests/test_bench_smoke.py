@@ -83,6 +83,17 @@ def test_redis_benchmark_smoke():
     assert "runworker ceiling (a layer that costs nothing)" in out.splitlines()[-1], out
 
 
+def test_redis_benchmark_repeats_rows_and_gives_their_medians():
+    """--repeat N runs the chosen rows N times, a headline each time, then one line of medians."""
+    status, out, err = run_in_own_group(
+        [sys.executable, BENCHMARKS / "redis_bench.py", "--smoke", "--only", "runworker ceiling", "--repeat", "2"], BOUND)
+    assert status == 0, out + err
+    lines = out.splitlines()
+    assert sum(line.startswith("runworker ceiling ") for line in lines) == 2, out
+    assert sum(line.startswith("headline: ") for line in lines) == 2, out
+    assert lines[-1].startswith("medians over 2 rounds: runworker ceiling "), out
+
+
 def test_soak_smoke():
     """benchmarks/soak.py --smoke accounts for every datagram, and the gateway it ran exits 0 on SIGTERM."""
     status, out, err = run_in_own_group([sys.executable, BENCHMARKS / "soak.py", "--smoke"], BOUND)
