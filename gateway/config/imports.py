@@ -62,9 +62,9 @@ def backend_problems(backend, config):
         return [(("backend",), f"{backend} is not a class")]
     problems = _config_key_problems(backend, config, *_parameters(layer_class))
     # A layer of ours says what is wrong with its own values (BatchingRedisChannelLayer.config_problems).
-    values = getattr(layer_class, "config_problems", None)
-    if not problems and isinstance(config, dict) and callable(values):
-        problems = [(("config", key), message) for key, message in values(config)]
+    value_problems = getattr(layer_class, "config_problems", None)
+    if not problems and isinstance(config, dict) and callable(value_problems):
+        problems = [(("config", key), message) for key, message in value_problems(config)]
     return problems
 
 

@@ -434,9 +434,8 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         the same command. Before Redis 7: the script, then BZPOPMIN if it was empty.
         With linger, a pop after one that found less than a batch of busy
         traffic (its messages came less than BUSY apart on average, since the
-        pop before) starts no sooner than linger after that one
-        returned, so that more come in one round trip; a receiver that comes
-        back later than that pops at once.
+        pop before) starts no sooner than linger after that one returned, so
+        that more come in one round trip; a receiver back later pops at once.
         """
         full = set()  # hosts whose last pop filled its batch
         busy = set()  # hosts whose last pop found less than a batch of busy traffic
