@@ -121,7 +121,8 @@ class _SendBatch:
     def __init__(self, layer, loop):
         self.layer = layer
         self.loop = loop
-        self.pending = {}     # host index -> [(key, payload, capacity, sent ahead, future)]
+        self.pending = {}     # host index -> [(key, payload, capacity, sent ahead, future or None if ahead)]
+        self.ahead = {}       # host index -> sends ahead not answered yet
         self.busy = set()     # host indexes with a call in flight
         self.prompt = set()   # host indexes with a send that does not linger
         self.flushes = set()  # script calls in flight
@@ -130,7 +131,8 @@ class _SendBatch:
         self._last_add = float("-inf")  # loop time of the last send
 
     def add(self, index, key, payload, capacity, ahead=False):
-        """The future of the script's answer for this message: ADDED, NEAR_FULL or FULL.
+        """The future of the script's answer for this message: ADDED, NEAR_FULL or FULL (None for a send
+        ahead: the layer's _answered_ahead gets its answer).
 
         Sends ahead that come less than BUSY apart (nobody waits for their
         answer) wait up to the layer's linger for more, also while the host's
@@ -150,7 +152,11 @@ class _SendBatch:
                 self.loop.call_soon(self.flush)
         elif not self._scheduled and self._lingering is None:
             self._lingering = self.loop.call_later(self.layer.linger, self._lingered)
-        future = self.loop.create_future()
+        if ahead:
+            self.ahead[index] = self.ahead.get(index, 0) + 1
+            future = None
+        else:
+            future = self.loop.create_future()
         self.pending.setdefault(index, []).append((key, payload, capacity, ahead, future))
         return future
 
@@ -206,16 +212,24 @@ class _SendBatch:
             self._settle(index, sends, added)
 
     def _fail(self, index, sends, exc):
-        for *_, future in sends:
-            if not future.done():
+        for key, _payload, _capacity, ahead, future in sends:
+            if ahead:
+                self._answered_ahead(index, key, None, exc)
+            elif not future.done():
                 future.set_exception(exc)
         self._done(index)
 
     def _settle(self, index, sends, added):
-        for (*_, future), ok in zip(sends, added):
-            if not future.done():
-                future.set_result(ok)  # FULL, ADDED or NEAR_FULL
+        for (key, _payload, _capacity, ahead, future), answer in zip(sends, added):  # FULL, ADDED or NEAR_FULL
+            if ahead:
+                self._answered_ahead(index, key, answer, None)
+            elif not future.done():
+                future.set_result(answer)
         self._done(index)
+
+    def _answered_ahead(self, index, key, answer, failure):
+        self.ahead[index] -= 1
+        self.layer._answered_ahead(key, answer, failure)
 
     def _done(self, index):
         self.busy.discard(index)
@@ -234,7 +248,6 @@ class _LoopState:
     def __init__(self, layer, loop):
         self.layer = layer
         self.batch = _SendBatch(layer, loop)
-        self.ahead = {}    # host index -> sends returned before Redis answered them
         self.inboxes = {}  # Redis key -> Inbox
         self.wires = {}    # (owner, host index) -> Wire: the sends', and each receive key's, own connection
 
@@ -314,16 +327,13 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         else:
             non_local = channel
             index = next(self._send_index_generator)
-        state = self._state()
+        batch = self._state().batch
         key, payload = self.prefix + non_local, self.serialize(message)
-        ahead = state.ahead.get(index, 0)
-        if self._room.get(key) and ahead < self.send_ahead:
+        if self._room.get(key) and batch.ahead.get(index, 0) < self.send_ahead:
             # Sent ahead: returns now, goes with this turn's batch (see send_ahead in the README).
-            state.ahead[index] = ahead + 1
-            future = state.batch.add(index, key, payload, capacity, True)
-            future.add_done_callback(functools.partial(self._answered_ahead, state, index, key))
+            batch.add(index, key, payload, capacity, True)
             return
-        answer = await state.batch.add(index, key, payload, capacity)
+        answer = await batch.add(index, key, payload, capacity)
         self._note_room(key, answer)
         if answer == FULL:
             raise ChannelFull(channel)
@@ -357,12 +367,10 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
                 self._room.clear()
             self._room[key] = answer == ADDED
 
-    def _answered_ahead(self, state, index, key, future):
+    def _answered_ahead(self, key, answer, failure):
         """Redis' answer to a send that returned before it: lost if refused or failed (counted, logged)."""
-        state.ahead[index] -= 1
-        failure = asyncio.CancelledError() if future.cancelled() else future.exception()
-        if failure is None and future.result() != FULL:
-            self._note_room(key, future.result())
+        if failure is None and answer != FULL:
+            self._note_room(key, answer)
             return
         # Refused (past capacity + send_ahead) or Redis failed: every channel waits for its
         # answers again until one shows room, so the next send raises what is wrong.
