@@ -9,7 +9,7 @@ layer.send and a worker doing receive and the reply send) on stock
 channels_redis and on BatchingRedisChannelLayer; a gateway with 1, 2 and 4
 `udpgateway worker` processes on our layer and 2 on stock channels_redis;
 a gateway with Django's `manage.py runworker` on each (ours with the
-example's send_ahead 64 and linger 0.002, and again with send_ahead 0); and `runworker
+example's send_ahead 64 and linger 0.005, and again with send_ahead 0); and `runworker
 ceiling`, runworker alone on benchmarks/null_layer.py, a layer that costs
 nothing (its receive hands out a fixed message at once, its send returns at
 once), which is as fast as runworker goes whatever the layer: Channels'

@@ -408,3 +408,58 @@ async def test_sends_ahead_lingering_behind_a_slow_call_keep_their_order(redis_s
         assert layer.sent_ahead_lost == 0 and len(layer.calls) < 10, layer.calls
     finally:
         await layer.close_pools()
+
+
+@aio
+async def test_a_consumer_with_a_backlog_shares_calls_however_slow_and_answers_a_lone_message_at_once(redis_server):
+    """Replies sent ahead by a consumer that holds messages it received and has not answered yet
+    share script calls even when they come ten times BUSY apart (Channels' runworker on a slow
+    machine); once it has answered all it received, its next reply is written in the next loop turn."""
+    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 64, "linger": 0.1},
+                       cls=CountingLayer)
+    feeder = _layer(redis_server, capacity=1000)  # sends the work and reads the answers
+    try:
+        await layer.send("answers", {"type": "t", "n": -1})  # waits: its answer shows room
+        for n in range(20):
+            await feeder.send("work", {"type": "t", "n": n})
+        calls = len(layer.calls)
+        for _ in range(20):
+            message = await layer.receive("work")  # the first receive pops all 20
+            await asyncio.sleep(0.005)  # handling it: the replies come 5 ms apart, ten times BUSY
+            await layer.send("answers", {"type": "t", "n": message["n"]})
+        await asyncio.sleep(0.15)  # the linger ends
+        assert len(layer.calls) - calls <= 4, layer.calls  # without the backlog rule: 20 calls
+        received = [await asyncio.wait_for(feeder.receive("answers"), DEADLINE) for _ in range(21)]
+        assert [message["n"] for message in received] == list(range(-1, 20))
+        assert layer.sent_ahead_lost == 0
+        # Everything received is answered: a lone message's reply goes at once.
+        await feeder.send("work", {"type": "t", "n": 20})
+        message = await asyncio.wait_for(layer.receive("work"), DEADLINE)
+        calls = len(layer.calls)
+        await layer.send("answers", {"type": "t", "n": message["n"]})
+        await asyncio.sleep(0)
+        assert len(layer.calls) == calls + 1
+    finally:
+        await layer.close_pools()
+        await feeder.close_pools()
+
+
+@aio
+async def test_messages_received_but_never_answered_stop_holding_sends_back(redis_server):
+    """A process that received messages it does not answer (not a consumer of requests) sends at once
+    again OWED_FOR lingers after its last receive."""
+    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 64, "linger": 0.05},
+                       cls=CountingLayer)
+    try:
+        await layer.send("events", {"type": "t", "n": -1})  # waits: its answer shows room
+        for n in range(10):
+            await layer.send("events", {"type": "t", "n": n})
+        for n in range(-1, 10):
+            assert (await asyncio.wait_for(layer.receive("events"), DEADLINE))["n"] == n  # 11 received, none answered
+        await asyncio.sleep(0.3)  # longer than OWED_FOR (4) lingers of 50 ms
+        calls = len(layer.calls)
+        await layer.send("events", {"type": "t", "n": 10})
+        await asyncio.sleep(0)
+        assert len(layer.calls) == calls + 1
+    finally:
+        await layer.close_pools()

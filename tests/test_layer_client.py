@@ -10,7 +10,7 @@ from tests.support import DEADLINE, aio, eventually
 STOCK = "channels_redis.core.RedisChannelLayer"
 BATCHING = "gateway.layers.batching.BatchingRedisChannelLayer"
 # Ours again as the Django example sets it: sends return ahead of Redis' answer, busy traffic lingers.
-LINGERING = (BATCHING, {"send_ahead": 64, "linger": 0.002})
+LINGERING = (BATCHING, {"send_ahead": 64, "linger": 0.005})
 BACKENDS = pytest.mark.parametrize("backend", [STOCK, BATCHING, LINGERING], ids=["stock", "batching", "lingering"])
 
 

@@ -22,11 +22,17 @@ processes both ways. What differs:
   consumer. Only while the channel's last answer showed room for them; they
   may take it to capacity + send_ahead, and one lost to a failure or a full
   channel is counted (``sent_ahead_lost``) and logged, after which sends wait again;
-- ``linger`` (default 0, seconds): while messages come faster than one per
-  BUSY seconds, sends ahead wait up to that long to share a script call,
-  and a receive round trip that found less than a batch is followed by the
-  next no sooner than that, so that a consumer of one message at a time
-  (Channels' runworker) sends and receives several per round trip.
+- ``linger`` (default 0, seconds): so that a consumer of one message at a
+  time (Channels' runworker) sends and receives several per round trip,
+  under load sends ahead wait up to that long to share a script call, and a
+  receive round trip that found less than a batch is followed by the next no
+  sooner than that. Sends ahead linger while this process holds messages it
+  received in the last OWED_FOR lingers and has not answered yet (it
+  received more than it sent), or while sends come less than BUSY apart
+  (a moving average), and join a batch already lingering; receives linger
+  after a round trip whose messages came less than BUSY apart, or several
+  of them less than half the linger apart. A receiver answering one message
+  at a time, or back after a pause, is not held up.
 """
 
 import asyncio
@@ -50,6 +56,9 @@ _RETRIED = (NoScriptError, RedisConnectionError, RedisTimeoutError, OSError)
 FULL, ADDED, NEAR_FULL = b"012"  # the send script's answer per message
 
 BUSY = 0.0005  # seconds: messages closer together than this (on average) are busy traffic, which may linger
+IDLE_GAP = 4  # BUSYs: a longer gap between sends is a pause, which starts their moving average over
+GAP_WEIGHT = 8  # the moving average of gaps between sends moves 1/GAP_WEIGHT of the way to each new gap
+OWED_FOR = 4  # lingers: a message received longer ago than this many lingers is not waiting for its answer
 MAX_LINGER = 1.0  # seconds the linger key may be at most
 
 LOST_LOG_INTERVAL = 10.0  # seconds between two log lines about sends ahead that were lost
@@ -129,20 +138,28 @@ class _SendBatch:
         self._scheduled = False
         self._lingering = None  # the timer of a batch of sends ahead only
         self._last_add = float("-inf")  # loop time of the last send
+        self._gap = IDLE_GAP * BUSY  # seconds between sends lately (a moving average)
 
-    def add(self, index, key, payload, capacity, ahead=False):
+    def add(self, index, key, payload, capacity, ahead=False, backlog=False):
         """The future of the script's answer for this message: ADDED, NEAR_FULL or FULL (None for a send
         ahead: the layer's _answered_ahead gets its answer).
 
-        Sends ahead that come less than BUSY apart (nobody waits for their
-        answer) wait up to the layer's linger for more, also while the host's
-        call is in flight, so a sender of one message at a time shares calls
-        under load and adds no latency when idle; any other send goes at the
+        A send ahead (nobody waits for its answer) waits up to the layer's
+        linger for more, also while the host's call is in flight, when
+        `backlog` (its sender holds messages it received lately and has not
+        answered yet), when sends came less than BUSY apart lately, or when a batch is
+        lingering already: a sender of one message at a time shares calls
+        under load and adds no latency when idle. Any other send goes at the
         end of this turn, or as soon as the host's call in flight returns.
         """
         now = self.loop.time()
-        busy, self._last_add = now - self._last_add < BUSY, now
-        if not (ahead and busy and self.layer.linger):
+        gap, self._last_add = now - self._last_add, now
+        # Busy: this gap, or their moving average (so that one slow gap does not cut the batches
+        # short), is under BUSY; a pause (IDLE_GAP BUSYs or more) starts the average over.
+        idle = IDLE_GAP * BUSY
+        self._gap = idle if gap >= idle else self._gap + (gap - self._gap) / GAP_WEIGHT
+        busy = gap < BUSY or self._gap < BUSY
+        if not (ahead and self.layer.linger and (self._lingering is not None or backlog or busy)):
             self.prompt.add(index)
             if self._lingering is not None:
                 self._lingering.cancel()
@@ -305,7 +322,9 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         self._lost_logged = None  # monotonic time of the last log line about them
         self._room = {}           # Redis key -> it had room beyond send_ahead at its last answer
         self._last_score = 0.0
-        self._known = {}     # recently sent-to channel name -> its capacity (the name is valid)
+        self._known = {}     # recently sent-to (valid) channel name -> (capacity, Redis key, host index or None)
+        self._received = self._replied = 0  # messages popped, and sends (counted up to as many)
+        self._received_at = float("-inf")  # monotonic time of the last pop that brought messages
         self._has_bzmpop = True  # until a Redis before 7.0 says otherwise
 
     @classmethod
@@ -317,26 +336,34 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
     async def send(self, channel, message):
         """Queue a message for this turn's batch; ChannelFull if its channel was at capacity."""
         assert isinstance(message, dict), "message is not a dict"
-        capacity = self._capacity(channel)
+        capacity, key, index = self._destination(channel)
         assert "__asgi_channel__" not in message
-        if "!" in channel:
+        if index is None:
+            index = next(self._send_index_generator)
+        else:
             message = dict(message.items())
             message["__asgi_channel__"] = channel
-            non_local = self.non_local_name(channel)
-            index = self.consistent_hash(non_local)  # where a stock receive_single("x!") looks
-        else:
-            non_local = channel
-            index = next(self._send_index_generator)
         batch = self._state().batch
-        key, payload = self.prefix + non_local, self.serialize(message)
+        payload = self.serialize(message)
+        self._replied += 1
+        if self._replied > self._received:  # more sends than receives: no backlog, and none owed
+            self._replied = self._received
         if self._room.get(key) and batch.ahead.get(index, 0) < self.send_ahead:
             # Sent ahead: returns now, goes with this turn's batch (see send_ahead in the README).
-            batch.add(index, key, payload, capacity, True)
+            backlog = (self.linger and self._replied < self._received
+                       and time.monotonic() - self._received_at < OWED_FOR * self.linger)
+            batch.add(index, key, payload, capacity, True, backlog=backlog)
             return
         answer = await batch.add(index, key, payload, capacity)
         self._note_room(key, answer)
         if answer == FULL:
             raise ChannelFull(channel)
+
+    async def receive(self, channel):
+        """The next message of `channel`, as channels_redis' receive; a plain channel takes the short way."""
+        if "!" in channel:
+            return await super().receive(channel)
+        return (await self.receive_single(channel))[1]  # the name is checked when its inbox is made
 
     async def receive_single(self, channel, *, batch=None):
         """(channel, message): the next message of a channel or of any channel of an `x!` prefix, from any host.
@@ -401,15 +428,21 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
             loop_layer.flush = flush
         return state
 
-    def _capacity(self, channel):
-        """The capacity of a valid channel name (TypeError for an invalid one), remembered for the next sends."""
-        capacity = self._known.get(channel)
-        if capacity is None:
+    def _destination(self, channel):
+        """(capacity, Redis key, host index or None for the next host in turn) of a valid channel name
+        (TypeError for an invalid one), remembered for the next sends."""
+        known = self._known.get(channel)
+        if known is None:
             assert self.require_valid_channel_name(channel), "Channel name not valid"
             if len(self._known) >= RECENT_NAMES:
                 self._known.clear()
-            capacity = self._known[channel] = self.get_capacity(channel)
-        return capacity
+            if "!" in channel:
+                non_local = self.non_local_name(channel)
+                index = self.consistent_hash(non_local)  # where a stock receive_single("x!") looks
+            else:
+                non_local, index = channel, None
+            known = self._known[channel] = (self.get_capacity(channel), self.prefix + non_local, index)
+        return known
 
     def _wire(self, owner, index):
         """The connection `owner` (the sends, or one receive key) uses for host `index`."""
@@ -441,9 +474,11 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         BZMPOP (Redis 7), which waits on the server and pops up to `count` in
         the same command. Before Redis 7: the script, then BZPOPMIN if it was empty.
         With linger, a pop after one that found less than a batch of busy
-        traffic (its messages came less than BUSY apart on average, since the
-        pop before) starts no sooner than linger after that one returned, so
-        that more come in one round trip; a receiver back later pops at once.
+        traffic (its messages came less than BUSY apart on average since the
+        pop before, or several of them less than half the linger apart) starts
+        no sooner than linger after that one returned, so that more come in
+        one round trip; a receiver back later, or of one message per round
+        trip, pops at once.
         """
         full = set()  # hosts whose last pop filled its batch
         busy = set()  # hosts whose last pop found less than a batch of busy traffic
@@ -460,11 +495,17 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
                 busy.discard(index)
                 returned.pop(index, None)
                 raise
+            if members:
+                self._received += len(members)
+                self._received_at = time.monotonic()
             if self.linger:
                 now = asyncio.get_running_loop().time()
                 since = now - returned.get(index, float("-inf"))
                 returned[index] = now
-                if 0 < len(members) < count and since < len(members) * BUSY:
+                # Busy: messages came less than BUSY apart, or several less than half the linger apart
+                # (a receiver slower than BUSY per message, such as runworker on a slow machine).
+                if 0 < len(members) < count and (since < len(members) * BUSY
+                                                 or len(members) > 1 and since < len(members) * self.linger / 2):
                     busy.add(index)
                 else:
                     busy.discard(index)

@@ -29,11 +29,11 @@ CHANNEL_LAYERS = {
             # A consumer handles one message at a time, so each reply would wait for its own Redis
             # round trip; up to 64 replies may go ahead of Redis' answer instead (README: send_ahead).
             # runworker takes each message as it comes, one receive round trip each; under load
-            # (messages less than 0.5 ms apart) sends ahead and receives wait up to 2 ms so that
-            # several share one round trip (README: linger). Only BatchingRedisChannelLayer knows
+            # (while it holds messages not answered yet) sends ahead and receives wait up to 5 ms so
+            # that several share one round trip (README: linger). Only BatchingRedisChannelLayer knows
             # these keys: they are left out for the stock layer.
             **({"send_ahead": int(os.environ.get("SEND_AHEAD", "64")),
-                "linger": float(os.environ.get("LINGER", "0.002"))}
+                "linger": float(os.environ.get("LINGER", "0.005"))}
                if "Batching" in os.environ.get("CHANNEL_LAYER_BACKEND", "Batching") else {}),
         }),
     },
