@@ -297,6 +297,22 @@ async def test_a_send_ahead_lost_with_redis_is_counted_and_the_next_send_raises(
         await layer.close_pools()
 
 
+async def _sending_ahead(server, linger, channel):
+    """A CountingLayer with send_ahead 64 and `linger`, after a send to `channel` (n -1) whose answer showed room."""
+    layer = make_layer("x", {"hosts": [server.url], "capacity": 1000, "send_ahead": 64, "linger": linger},
+                       cls=CountingLayer)
+    await layer.send(channel, {"type": "t", "n": -1})  # waits: its answer shows room for the next ones
+    return layer
+
+
+async def _goes_at_once(layer, channel, n):
+    """Send `n` ahead to `channel` and check that its script call is written in the next loop turn."""
+    calls = len(layer.calls)
+    await layer.send(channel, {"type": "t", "n": n})
+    await asyncio.sleep(0)
+    assert len(layer.calls) == calls + 1
+
+
 @aio
 async def test_busy_sends_ahead_linger_to_share_calls_and_an_idle_one_goes_at_once(redis_server, monkeypatch):
     """Sends ahead closer together than the linger share script calls; one after a pause is written in the
@@ -305,20 +321,15 @@ async def test_busy_sends_ahead_linger_to_share_calls_and_an_idle_one_goes_at_on
 
     # Busy below 50 ms apart, and a linger as long: well above the gaps below, however busy the machine.
     monkeypatch.setattr(batching, "BUSY", 0.05)
-    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 64, "linger": 0.05},
-                       cls=CountingLayer)
+    layer = await _sending_ahead(redis_server, 0.05, "linger")
     try:
-        await layer.send("linger", {"type": "t", "n": -1})  # waits: its answer shows room
         for n in range(40):
             await layer.send("linger", {"type": "t", "n": n})
             await asyncio.sleep(0.002)  # time for Redis to answer: without the linger each send is its own call
         assert len(layer.calls) < 20, layer.calls
         assert [(await layer.receive("linger"))["n"] for _ in range(41)] == list(range(-1, 40))
-        await asyncio.sleep(0.2)  # idle
-        calls = len(layer.calls)
-        await layer.send("linger", {"type": "t", "n": 40})
-        await asyncio.sleep(0)
-        assert len(layer.calls) == calls + 1
+        await asyncio.sleep(0.3)  # idle, longer than OWED_FOR lingers after the receives (none was answered)
+        await _goes_at_once(layer, "linger", 40)
     finally:
         await layer.close_pools()
 
@@ -392,10 +403,8 @@ async def test_sends_ahead_lingering_behind_a_slow_call_keep_their_order(redis_s
     from gateway.layers import batching
 
     monkeypatch.setattr(batching, "BUSY", 0.05)
-    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 64, "linger": 0.02},
-                       cls=CountingLayer)
+    layer = await _sending_ahead(redis_server, 0.02, "slow")
     try:
-        await layer.send("slow", {"type": "t", "n": -1})  # waits: its answer shows room
         redis_server.pause()
         try:
             for n in range(30):
@@ -415,11 +424,9 @@ async def test_a_consumer_with_a_backlog_shares_calls_however_slow_and_answers_a
     """Replies sent ahead by a consumer that holds messages it received and has not answered yet
     share script calls even when they come ten times BUSY apart (Channels' runworker on a slow
     machine); once it has answered all it received, its next reply is written in the next loop turn."""
-    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 64, "linger": 0.1},
-                       cls=CountingLayer)
+    layer = await _sending_ahead(redis_server, 0.1, "answers")
     feeder = _layer(redis_server, capacity=1000)  # sends the work and reads the answers
     try:
-        await layer.send("answers", {"type": "t", "n": -1})  # waits: its answer shows room
         for n in range(20):
             await feeder.send("work", {"type": "t", "n": n})
         calls = len(layer.calls)
@@ -435,10 +442,7 @@ async def test_a_consumer_with_a_backlog_shares_calls_however_slow_and_answers_a
         # Everything received is answered: a lone message's reply goes at once.
         await feeder.send("work", {"type": "t", "n": 20})
         message = await asyncio.wait_for(layer.receive("work"), DEADLINE)
-        calls = len(layer.calls)
-        await layer.send("answers", {"type": "t", "n": message["n"]})
-        await asyncio.sleep(0)
-        assert len(layer.calls) == calls + 1
+        await _goes_at_once(layer, "answers", message["n"])
     finally:
         await layer.close_pools()
         await feeder.close_pools()
@@ -447,19 +451,14 @@ async def test_a_consumer_with_a_backlog_shares_calls_however_slow_and_answers_a
 @aio
 async def test_messages_received_but_never_answered_stop_holding_sends_back(redis_server):
     """A process that received messages it does not answer (not a consumer of requests) sends at once
-    again OWED_FOR lingers after its last receive."""
-    layer = make_layer("x", {"hosts": [redis_server.url], "capacity": 1000, "send_ahead": 64, "linger": 0.05},
-                       cls=CountingLayer)
+    again OWED_FOR lingers after its last pop."""
+    layer = await _sending_ahead(redis_server, 0.05, "events")
     try:
-        await layer.send("events", {"type": "t", "n": -1})  # waits: its answer shows room
         for n in range(10):
             await layer.send("events", {"type": "t", "n": n})
         for n in range(-1, 10):
             assert (await asyncio.wait_for(layer.receive("events"), DEADLINE))["n"] == n  # 11 received, none answered
         await asyncio.sleep(0.3)  # longer than OWED_FOR (4) lingers of 50 ms
-        calls = len(layer.calls)
-        await layer.send("events", {"type": "t", "n": 10})
-        await asyncio.sleep(0)
-        assert len(layer.calls) == calls + 1
+        await _goes_at_once(layer, "events", 10)
     finally:
         await layer.close_pools()
