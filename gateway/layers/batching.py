@@ -27,8 +27,8 @@ processes both ways. What differs:
   under load sends ahead wait up to that long to share a script call, and a
   receive round trip that found less than a batch is followed by the next no
   sooner than that. Sends ahead linger while this process holds messages it
-  received in the last OWED_FOR lingers and has not answered yet (it
-  received more than it sent), or while sends come less than BUSY apart
+  popped and has not answered yet (it popped more than it sent) and its
+  last send was less than OWED_FOR lingers ago, or while sends come less than BUSY apart
   (a moving average), and join a batch already lingering; receives linger
   after a round trip whose messages came less than BUSY apart, or several
   of them less than half the linger apart. A receiver answering one message
@@ -58,7 +58,7 @@ FULL, ADDED, NEAR_FULL = b"012"  # the send script's answer per message
 BUSY = 0.0005  # seconds: messages closer together than this (on average) are busy traffic, which may linger
 IDLE_GAP = 4  # BUSYs: a longer gap between sends is a pause, which starts their moving average over
 GAP_WEIGHT = 8  # the moving average of gaps between sends moves 1/GAP_WEIGHT of the way to each new gap
-OWED_FOR = 4  # lingers: a message received longer ago than this many lingers is not waiting for its answer
+OWED_FOR = 4  # lingers: a process whose last send is older than this is not answering what it popped
 MAX_LINGER = 1.0  # seconds the linger key may be at most
 
 LOST_LOG_INTERVAL = 10.0  # seconds between two log lines about sends ahead that were lost
@@ -140,17 +140,18 @@ class _SendBatch:
         self._last_add = float("-inf")  # loop time of the last send
         self._gap = IDLE_GAP * BUSY  # seconds between sends lately (a moving average)
 
-    def add(self, index, key, payload, capacity, ahead=False, backlog=False):
+    def add(self, index, key, payload, capacity, ahead=False, owed=False):
         """The future of the script's answer for this message: ADDED, NEAR_FULL or FULL (None for a send
         ahead: the layer's _answered_ahead gets its answer).
 
         A send ahead (nobody waits for its answer) waits up to the layer's
-        linger for more, also while the host's call is in flight, when
-        `backlog` (its sender holds messages it received lately and has not
-        answered yet), when sends came less than BUSY apart lately, or when a batch is
-        lingering already: a sender of one message at a time shares calls
-        under load and adds no latency when idle. Any other send goes at the
-        end of this turn, or as soon as the host's call in flight returns.
+        linger for more, also while the host's call is in flight: when
+        `owed` (its sender holds messages it popped and has not answered yet)
+        and the send before came less than OWED_FOR lingers ago, when sends
+        came less than BUSY apart lately, or when a batch is lingering
+        already. So a sender of one message at a time shares calls under
+        load and adds no latency when idle. Any other send goes at the end
+        of this turn, or as soon as the host's call in flight returns.
         """
         now = self.loop.time()
         gap, self._last_add = now - self._last_add, now
@@ -159,6 +160,7 @@ class _SendBatch:
         idle = IDLE_GAP * BUSY
         self._gap = idle if gap >= idle else self._gap + (gap - self._gap) / GAP_WEIGHT
         busy = gap < BUSY or self._gap < BUSY
+        backlog = owed and gap < OWED_FOR * self.layer.linger
         if not (ahead and self.layer.linger and (self._lingering is not None or backlog or busy)):
             self.prompt.add(index)
             if self._lingering is not None:
@@ -324,7 +326,6 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         self._last_score = 0.0
         self._known = {}     # recently sent-to (valid) channel name -> (capacity, Redis key, host index or None)
         self._received = self._replied = 0  # messages popped, and sends (counted up to as many)
-        self._received_at = float("-inf")  # monotonic time of the last pop that brought messages
         self._has_bzmpop = True  # until a Redis before 7.0 says otherwise
 
     @classmethod
@@ -350,9 +351,7 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
             self._replied = self._received
         if self._room.get(key) and batch.ahead.get(index, 0) < self.send_ahead:
             # Sent ahead: returns now, goes with this turn's batch (see send_ahead in the README).
-            backlog = (self.linger and self._replied < self._received
-                       and time.monotonic() - self._received_at < OWED_FOR * self.linger)
-            batch.add(index, key, payload, capacity, True, backlog=backlog)
+            batch.add(index, key, payload, capacity, True, owed=self._replied < self._received)
             return
         answer = await batch.add(index, key, payload, capacity)
         self._note_room(key, answer)
@@ -495,9 +494,7 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
                 busy.discard(index)
                 returned.pop(index, None)
                 raise
-            if members:
-                self._received += len(members)
-                self._received_at = time.monotonic()
+            self._received += len(members)
             if self.linger:
                 now = asyncio.get_running_loop().time()
                 since = now - returned.get(index, float("-inf"))
