@@ -28,11 +28,12 @@ processes both ways. What differs:
   receive round trip that found less than a batch is followed by the next no
   sooner than that. Sends ahead linger while this process holds messages it
   popped and has not answered yet (it popped more than it sent) and its
-  last send was less than OWED_FOR lingers ago, or while sends come less than BUSY apart
-  (a moving average), and join a batch already lingering; receives linger
-  after a round trip whose messages came less than BUSY apart, or several
-  of them less than half the linger apart. A receiver answering one message
-  at a time, or back after a pause, is not held up.
+  last send was less than OWED_FOR lingers ago, or while sends come less
+  than BUSY apart (the last gap or a moving average), and join a batch
+  already lingering; receives linger after a round trip whose messages came
+  less than BUSY apart, or several of them less than half the linger apart.
+  A receiver answering one message at a time, or back after a pause, is not
+  held up.
 """
 
 import asyncio
