@@ -160,6 +160,21 @@ async def test_cancelled_receive_loses_nothing(redis_server):
         await layer.close_pools()
 
 
+@pytest.mark.parametrize("config", [{}, {"random_prefix_length": 0}, {"serializer_format": "json"}],
+                         ids=["msgpack", "no-prefix", "json"])
+def test_messages_are_encoded_as_channels_redis_encodes_them(config):
+    """Our short way for msgpack gives channels_redis' bytes (after the random prefix), and each side reads the other's."""
+    ours, stock = BatchingRedisChannelLayer(**config), RedisChannelLayer(**config)
+    message = {"type": "udp.receive", "data": b"\x00\xff" * 32, "client": ["127.0.0.1", 40000], "n": 1.5}
+    if config.get("serializer_format") == "json":
+        message["data"] = "text"
+    length = config.get("random_prefix_length", 12)
+    mine, theirs = ours.serialize(message), stock.serialize(message)
+    assert mine[length:] == theirs[length:] and len(mine) == len(theirs)
+    assert ours.deserialize(theirs) == stock.deserialize(mine) == message
+    assert len({ours.serialize(message)[:length] for _ in range(20)}) == (20 if length else 1)  # prefixes differ
+
+
 @pytest.mark.parametrize("sender, receiver", [(OURS, STOCK), (STOCK, OURS)], ids=["ours-to-stock", "stock-to-ours"])
 @aio
 async def test_interop_with_stock_channels_redis(redis_server, sender, receiver):
