@@ -187,8 +187,41 @@ class UnixRedisServer(RedisServer):
         return s
 
 
+class AuthRedisServer(RedisServer):
+    """A redis-server that answers only clients logged in as an ACL user (`user`, `password`); default user off."""
+
+    user, password = "gateway", "s3cret-for-tests"
+
+    @property
+    def url(self):
+        return f"redis://{self.user}:{self.password}@127.0.0.1:{self.port}/0"
+
+    def listen_args(self):
+        return [*super().listen_args(), "--user", "default", "off",
+                "--user", self.user, "on", f">{self.password}", "~*", "&*", "+@all"]
+
+    def connect(self, timeout):
+        s = super().connect(timeout)
+        try:
+            s.sendall(f"AUTH {self.user} {self.password}\r\n".encode())
+            answer = b""
+            while not answer.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise ConnectionError("redis-server closed the connection at AUTH")
+                answer += chunk
+            if answer != b"+OK\r\n":
+                raise ConnectionError(f"AUTH refused: {answer!r}")
+            return s
+        except OSError:
+            s.close()
+            raise
+
+
 class TLSRedisServer(RedisServer):
     """A redis-server speaking only TLS on 127.0.0.1, with a certificate from a throwaway CA (`ca`)."""
+
+    auth_clients = "no"  # whether it asks clients for a certificate
 
     def __init__(self, binary=None, port=None):
         super().__init__(binary, port)
@@ -208,16 +241,45 @@ class TLSRedisServer(RedisServer):
 
     def listen_args(self):
         return ["--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1", "--tls-cert-file",
-                self.certificate, "--tls-key-file", self.key, "--tls-ca-cert-file", self.ca, "--tls-auth-clients", "no"]
+                self.certificate, "--tls-key-file", self.key, "--tls-ca-cert-file", self.ca,
+                "--tls-auth-clients", self.auth_clients]
 
     def connect(self, timeout):
         context = ssl.create_default_context(cafile=self.ca)
+        self.present_certificate(context)
         s = super().connect(timeout)
         try:
             return context.wrap_socket(s, server_hostname="127.0.0.1")
         except OSError:
             s.close()
             raise
+
+    def present_certificate(self, context):
+        """What this server asks of a client's TLS context: nothing (no client certificates)."""
+
+
+class MutualTLSRedisServer(TLSRedisServer):
+    """A TLS-only redis-server that also asks every client for a certificate from its CA (`client_certificate`)."""
+
+    auth_clients = "yes"
+
+    def __init__(self, binary=None, port=None):
+        super().__init__(binary, port)
+        try:
+            self.client_certificate, self.client_key = make_client_certificate(self.directory, self.ca)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+
+    @property
+    def client_options(self):
+        return {**super().client_options, "ssl_certfile": self.client_certificate, "ssl_keyfile": self.client_key}
+
+    def present_certificate(self, context):
+        context.load_cert_chain(self.client_certificate, self.client_key)
+
+
+_NEW_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]  # openssl req: a P-256 key
 
 
 def make_certificates(directory, timeout=COMMAND_TIMEOUT):
@@ -227,18 +289,36 @@ def make_certificates(directory, timeout=COMMAND_TIMEOUT):
     with open(extensions, "w") as f:
         f.write("subjectAltName=IP:127.0.0.1\nauthorityKeyIdentifier=keyid\nbasicConstraints=CA:FALSE\n"
                 "extendedKeyUsage=serverAuth\n")
-    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     for argv in (
-        ["req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-subj", "/CN=udpgateway test CA", "-days", "2",
+        ["req", "-x509", *_NEW_KEY, "-keyout", ca_key, "-out", ca, "-subj", "/CN=udpgateway test CA", "-days", "2",
          "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        ["req", "-new", *new_key, "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1"],
+        ["req", "-new", *_NEW_KEY, "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1"],
         ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
          "-days", "2", "-extfile", extensions],
     ):
-        done = subprocess.run(["openssl", *argv], capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
-        if done.returncode:
-            raise RuntimeError(f"openssl {argv[0]} exited {done.returncode}: {done.stderr.decode(errors='replace')}")
+        _openssl(argv, timeout)
     return ca, cert, key
+
+
+def make_client_certificate(directory, ca, timeout=COMMAND_TIMEOUT):
+    """A client certificate signed by the CA that make_certificates made in `directory`: paths (cert, key)."""
+    ca_key, cert, key, request, extensions = (os.path.join(directory, name) for name in (
+        "ca.key", "client.crt", "client.key", "client.csr", "client.ext"))
+    with open(extensions, "w") as f:
+        f.write("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    for argv in (
+        ["req", "-new", *_NEW_KEY, "-keyout", key, "-out", request, "-subj", "/CN=udpgateway test client"],
+        ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", extensions],
+    ):
+        _openssl(argv, timeout)
+    return cert, key
+
+
+def _openssl(argv, timeout):
+    done = subprocess.run(["openssl", *argv], capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"openssl {argv[0]} exited {done.returncode}: {done.stderr.decode(errors='replace')}")
 
 
 def start_redis_server(attempts=3, kind=RedisServer):

@@ -1,6 +1,7 @@
 """Shared by the Redis tests: the worker application, config files, and log checks for real processes."""
 
 import asyncio
+import json
 import os
 import re
 from pathlib import Path
@@ -89,14 +90,14 @@ def write_config(directory, redis_url, *, port=0, backend=DEFAULT_BACKEND, reuse
                  layer_config=BURST_CAPACITY, limits=""):
     """A gateway.yaml for a Redis-backed gateway and its workers, as examples/redis.yaml does it.
 
-    `redis_url` is one URL or a list of them (channels_redis' ring of hosts).
+    `redis_url` is one host (a URL, or channels_redis' dict form) or a list of them (a ring of hosts).
     """
-    urls = [redis_url] if isinstance(redis_url, str) else list(redis_url)  # several: a ring of hosts
+    urls = [redis_url] if isinstance(redis_url, (str, dict)) else list(redis_url)  # several: a ring of hosts
     text = f"""\
 channel_layer:
   backend: {backend}
   config:
-    hosts: [{", ".join(f'"{url}"' for url in urls)}]
+    hosts: [{", ".join(json.dumps(url) for url in urls)}]
 {layer_config}"""
     # Gateways run without an application; workers get theirs from UDPGATEWAY_APPLICATION.
     text += f"application: {application or '${UDPGATEWAY_APPLICATION:-}'}\n"

@@ -1,5 +1,6 @@
 """Scaling out over a real redis-server: gateways, `udpgateway worker` processes and Django's runworker."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,8 @@ from tests.scaleout import (
     worker_process,
     write_config,
 )
-from tests.support import DEADLINE, aio, eventually, listener_address, stop, wait_until
+from tests.redisserver import AuthRedisServer, MutualTLSRedisServer, start_redis_server
+from tests.support import DEADLINE, aio, eventually, listener_address, skip_or_fail, stop, wait_until
 from tests.udpclients import Clients
 
 pytestmark = pytest.mark.redis
@@ -175,6 +177,32 @@ def test_several_redis_hosts_every_reply_arrives(tmp_path, processes, redis_trio
     assert {tag(r)[2] for r in replies} == {gid}
     assert set(Counter(tag(r)[1] for r in replies)) == {w.pid for w in workers}
     stop_all(gateway, *workers)
+
+
+@pytest.mark.parametrize("kind", ["tls-client-cert", "acl-user"])
+def test_gateway_and_worker_log_in_with_a_client_certificate_or_an_acl_user(tmp_path, processes, core_backend, kind):
+    """Against a Redis that asks for a client certificate, or one that only lets an ACL user in, a gateway and
+    a worker configured with the credentials answer every datagram, stop cleanly and log no password."""
+    if kind.startswith("tls") and not shutil.which("openssl"):
+        skip_or_fail("the openssl CLI is not installed (apt-get install openssl)")
+    server = start_redis_server(kind={"tls-client-cert": MutualTLSRedisServer, "acl-user": AuthRedisServer}[kind])
+    try:
+        host = {"address": server.url, **server.client_options} if server.client_options else server.url
+        path = write_config(tmp_path, host, backend=core_backend)
+        gateway, address, _ = start_gateway(processes, path)
+        worker = processes.start(worker_process(path))
+        with Clients(10) as clients:
+            clients.until_answered(address)
+            sent = clients.burst(100, address)
+            replies = clients.collect(sent)
+        assert {tag(r)[0] for r in replies} == set(sent)
+        stop_all(gateway, worker)
+        if kind == "acl-user":  # the URL holds the password: no log line shows it
+            for process in (gateway, worker):
+                process.log_text()  # reads what is left of its output
+                assert not [line for line in process.lines + process.errors if server.password in line]
+    finally:
+        server.close()
 
 
 def test_worker_checks_only_the_schema(tmp_path, processes, redis):

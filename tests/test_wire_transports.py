@@ -1,24 +1,32 @@
-"""The Wire and BatchingRedisChannelLayer over TCP, a unix socket and TLS, against real redis-servers."""
+"""The Wire and BatchingRedisChannelLayer over TCP, a unix socket, TLS (with and without client certificates)
+and an ACL user's password, against real redis-servers."""
 
 import asyncio
 import os
 import shutil
 
 import pytest
+from redis.exceptions import AuthenticationError, RedisError
 
 from gateway.layers import make_layer, wire
-from tests.redisserver import RedisServer, TLSRedisServer, UnixRedisServer, start_redis_server, wire_connection
+from tests.redisserver import (AuthRedisServer, MutualTLSRedisServer, RedisServer, TLSRedisServer, UnixRedisServer,
+                               start_redis_server, wire_connection)
 from tests.support import DEADLINE, aio, skip_or_fail
 
 BATCHING = "gateway.layers.batching.BatchingRedisChannelLayer"
 
 
-@pytest.fixture(params=["tcp", "unix", "tls"])
+KINDS = {"tcp": RedisServer, "unix": UnixRedisServer, "tls": TLSRedisServer, "tls-client-cert": MutualTLSRedisServer,
+         "acl-user": AuthRedisServer}
+
+
+@pytest.fixture(params=list(KINDS))
 def server(request):
-    """A redis-server of our own reached over TCP, a unix socket only or TLS only; stopped by PID after the test."""
-    if request.param == "tls" and not shutil.which("openssl"):
+    """A redis-server of our own reached over TCP, a unix socket only, TLS only (a client certificate asked or not)
+    or TCP for an ACL user with a password only; stopped by PID after the test."""
+    if request.param.startswith("tls") and not shutil.which("openssl"):
         skip_or_fail("the openssl CLI is not installed (apt-get install openssl)")
-    kinds = {"tcp": RedisServer, "unix": UnixRedisServer, "tls": TLSRedisServer}
+    kinds = KINDS
     started = start_redis_server(kind=kinds[request.param])
     try:
         yield started
@@ -73,3 +81,28 @@ async def test_the_batching_layer_sends_and_receives(server):
         assert await asyncio.wait_for(layer.receive(name), DEADLINE) == {"type": "udp.send", "data": b"r"}
     finally:
         await layer.close_pools()
+
+
+@pytest.mark.parametrize("kind", ["acl-user", "tls-client-cert"])
+@aio
+async def test_a_client_without_its_credentials_is_refused_not_hung(kind):
+    """A wrong password, or no client certificate where the server asks for one: the send raises redis-py's error."""
+    if kind.startswith("tls") and not shutil.which("openssl"):
+        skip_or_fail("the openssl CLI is not installed (apt-get install openssl)")
+    server = start_redis_server(kind=KINDS[kind])
+    try:
+        if kind == "acl-user":
+            host = server.url.replace(server.password, "not-the-password")
+        else:
+            host = {"address": server.url, "ssl_ca_certs": server.ca}  # no ssl_certfile / ssl_keyfile
+        layer = make_layer(BATCHING, {"hosts": [host]})
+        try:
+            with pytest.raises((RedisError, OSError)) as refused:
+                await asyncio.wait_for(layer.send("udp.receive", {"type": "t"}), DEADLINE)
+            assert not isinstance(refused.value, asyncio.TimeoutError), "hung instead of refused"
+            if kind == "acl-user":
+                assert isinstance(refused.value, AuthenticationError), refused.value
+        finally:
+            await layer.close_pools()
+    finally:
+        server.close()
