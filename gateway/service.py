@@ -1,7 +1,6 @@
 """GatewayService: wires layer, listeners, tokens, pump and runner, and orders start, reload and stop."""
 
 import asyncio
-import gc
 from contextlib import contextmanager
 
 from twisted.internet import error
@@ -11,7 +10,6 @@ from gateway import layers, metrics, reload
 from gateway.admission import Admission
 from gateway.amplification import make_budget
 from gateway.delivery import NOT_READY, Delivery, drop
-from gateway.gcwatch import GcWatch
 from gateway.guard import SourceTable, make_guard
 from gateway.lifespan import Lifespan
 from gateway.messages import reply_prefix
@@ -42,7 +40,6 @@ class GatewayService(AsyncService):
         self.listeners = {}
         self.sources = SourceTable(config.limits.max_sources)  # rate_limit's sources, every listener's
         self.budget = make_budget(config.listeners)            # the amplification cap; None: no listener has one
-        self.gc_watch = GcWatch()
         self._reloading = None  # the running reload's task
 
     # -- start: bind (privileged, synchronous), then the async phases, in this order --
@@ -102,11 +99,8 @@ class GatewayService(AsyncService):
 
     def _add_gauges(self):
         """Sizes the summary line (and SIGUSR1) shows beside the counters."""
-        self.counters.gauges.update(
-            reply_channels=self.tokens.__len__, calls_in_flight=lambda: self.admission.in_use,
-            gc_full=lambda: self.gc_watch.full, gc_longest_ms=lambda: self.gc_watch.longest_ms,
-        )
-        self.gc_watch.start()
+        self.counters.gauges.update(reply_channels=self.tokens.__len__, calls_in_flight=lambda: self.admission.in_use)
+        self.watch_collections()
 
     async def _start_application(self):
         if self.app is not None:
@@ -117,8 +111,7 @@ class GatewayService(AsyncService):
     def _declare_ready(self):
         self.delivery.ready = True
         self._reporter.start()
-        if self._signals:  # the whole process (twistd): what exists now lives as long as it
-            gc.freeze()
+        self.freeze_startup_objects()
         log.info("udpgateway ready: {n} listener(s), reply channels {prefix}*", n=len(self.listeners),
                  prefix=self.prefix)
 

@@ -47,8 +47,11 @@ class WorkerService(AsyncService):
                                 counters=self.counters, quiet=self.quiet, app_timeout=limits.app_timeout)
         self.lifespan = Lifespan(self.app, self.layer)
         await self.lifespan.startup()
+        self.counters.gauges["calls_in_flight"] = lambda: self.runner.active
+        self.watch_collections()
         self.runner.start()
         self._reporter.start()
+        self.freeze_startup_objects()
         log.info("udpgateway worker consuming {channels} (up to {n} messages at once)",
                  channels=", ".join(self.runner.channels), n=limits.max_concurrency)
 
@@ -60,5 +63,6 @@ class WorkerService(AsyncService):
             await self.finish_lifespan(self.lifespan)
         await self.close_metrics()
         self._reporter.stop()
+        self.gc_watch.stop()
         if self.layer is not None:
             await self.layer.close()

@@ -258,6 +258,21 @@ def test_token_index_is_tracked_from_birth():
     assert gc.is_tracked(table._tokens) and gc.is_tracked(table._entries)
 
 
+def test_only_a_whole_process_freezes_what_exists_once_started():
+    """The gateway and the worker gc.freeze() once started when they are the process (signals theirs), so
+    collections stop scanning the startup heap; a service inside a test's process freezes nothing."""
+    from gateway.process import AsyncService
+
+    before = gc.get_freeze_count()
+    try:
+        AsyncService(reactor=Clock(), signals=False).freeze_startup_objects()
+        assert gc.get_freeze_count() == before
+        AsyncService(reactor=Clock(), signals=True).freeze_startup_objects()
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
+
+
 def test_sizes_line_follows_the_counters():
     """Gauges are logged as their own "sizes:" line, so the counters' line keeps its format; none, no line."""
     from gateway.stats import sizes_line, summary_line

@@ -39,7 +39,7 @@ def test_gateway_keeps_serving_through_sighup_sigusr1_sigusr2(tmp_path, processe
 
 @pytest.mark.redis
 def test_worker_keeps_serving_through_sighup_sigusr1_sigusr2(tmp_path, redis_server, processes):
-    """A worker logs one line for each of SIGHUP, SIGUSR1 (counters) and SIGUSR2 and keeps answering."""
+    """A worker logs one line for each of SIGHUP, SIGUSR1 (counters, then sizes) and SIGUSR2 and keeps answering."""
     path = scaleout.write_config(tmp_path, redis_server.url)
     gateway = processes.start(scaleout.gateway_process(path))
     worker = processes.start(scaleout.worker_process(path))
@@ -50,6 +50,8 @@ def test_worker_keeps_serving_through_sighup_sigusr1_sigusr2(tmp_path, redis_ser
         assert (data, int(pid)) == (b"still", worker.pid)
 
     send_operator_signals(worker, answers)
+    sizes = worker.wait_for("received SIGUSR1: sizes:")  # as the gateway's: in flight, full collections
+    assert all(f" {name}=" in sizes for name in ("calls_in_flight", "gc_full", "gc_longest_ms")), sizes
     scaleout.assert_clean_log(worker)
 
 
