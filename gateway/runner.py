@@ -27,14 +27,13 @@ class InstanceEnded(BaseException):
 class _Instance:
     """One application call: its message, first from receive(); the second receive() ends it."""
 
-    __slots__ = ("message", "layer", "task", "delivered", "timer", "timed_out", "started")
+    __slots__ = ("message", "layer", "task", "delivered", "timed_out", "started")
 
     def __init__(self, message, layer):
         self.message = message
         self.layer = layer
         self.task = None        # set only while the call waits (an eager call may end before)
         self.delivered = False
-        self.timer = None       # the app_timeout handle, cancelled when the call ends
         self.timed_out = False
         self.started = MONOTONIC.seconds()
 
@@ -67,6 +66,8 @@ class AppRunner:
     busy process stops receiving; otherwise it receives, then waits for a slot.
     Instances start eagerly: each runs until it first waits, with no loop hop.
     A call still running `app_timeout` seconds after that is cancelled and counted.
+    Every call has the same timeout and calls start in order, so they time out in
+    the order they started: one timer, for the oldest call, serves them all.
     """
 
     def __init__(self, app, layer, channels, *, admission, counters, quiet, app_layer=None,
@@ -82,8 +83,9 @@ class AppRunner:
         self.wait_before_receive = wait_before_receive
         self._receive = as_client(layer).receive
         self._loops = []
-        self._instances = set()
+        self._instances = {}  # instance -> None, oldest first (dict order): the order they time out in
         self._loop = None
+        self._timeout = None  # the timer handle of the oldest call's app_timeout, while one is armed
 
     @property
     def active(self):
@@ -110,12 +112,12 @@ class AppRunner:
         """Start one instance for `message` (its slot already taken); it runs now until it first waits."""
         instance = _Instance(message, self.app_layer)
         scope = {"type": "channel", "channel": channel, "channel_layer": self.app_layer}
-        self._instances.add(instance)
+        self._instances[instance] = None
         task = start_task(self._call(scope, instance), self._loop or asyncio.get_event_loop())
         if not task.done():
             instance.task = task
-            if self.app_timeout is not None:  # one timer handle per waiting call, no wait_for wrapper task
-                instance.timer = task.get_loop().call_later(self.app_timeout, instance.time_out)
+            if self.app_timeout is not None and self._timeout is None:  # else armed for an older call
+                self._timeout = task.get_loop().call_later(self.app_timeout, self._time_out_due)
 
     async def drain(self, timeout):
         """Wait up to `timeout` seconds for in-flight calls, then cancel the rest."""
@@ -127,6 +129,22 @@ class AppRunner:
             if late:
                 log.warn("cancelled {n} application calls still running after {t}s", n=len(late), t=timeout)
                 await asyncio.wait(late, timeout=1)
+        if self._timeout is not None and not self._instances:
+            self._timeout.cancel()
+            self._timeout = None
+
+    def _time_out_due(self):
+        """Cancel every call older than app_timeout (the oldest first); arm the timer for the next one."""
+        self._timeout = None
+        now = MONOTONIC.seconds()
+        for instance in self._instances:  # each time_out() only asks a cancel: nothing leaves the dict here
+            if instance.timed_out:
+                continue  # cancelled already, its task not ended yet
+            left = instance.started + self.app_timeout - now
+            if left > 0:
+                self._timeout = asyncio.get_running_loop().call_later(left, self._time_out_due)
+                return
+            instance.time_out()
 
     def _room(self):
         """Messages this process can start now: a layer popping several takes no more, the rest stay for others."""
@@ -173,9 +191,7 @@ class AppRunner:
 
     def _ended(self, instance):
         self.counters.call_time.observe(MONOTONIC.seconds() - instance.started)
-        self._instances.discard(instance)
-        if instance.timer is not None:
-            instance.timer.cancel()
+        self._instances.pop(instance, None)
         instance.task = None  # no instance <-> task cycle once the call is over
         self.admission.release()
 

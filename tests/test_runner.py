@@ -285,8 +285,9 @@ async def test_cancel_answered_by_raising_is_still_a_timeout():
 
 
 @aio
-async def test_no_timer_with_null_and_timer_cancelled_when_a_call_ends():
-    """With app_timeout None a call gets no timer; with one, a call ending in time cancels its timer."""
+async def test_no_timer_with_null_and_one_timer_for_all_calls():
+    """With app_timeout None no timer is armed; with one, a single timer serves every call in flight, and the
+    calls ending in time leave nothing counted."""
     release, handled = asyncio.Event(), []
 
     async def app(scope, receive, send):
@@ -296,21 +297,60 @@ async def test_no_timer_with_null_and_timer_cancelled_when_a_call_ends():
 
     for app_timeout in (None, 30):
         layer, counters = InMemoryChannelLayer(), Counters()
-        runner = AppRunner(app, layer, ["udp.receive"], admission=Admission(2), counters=counters, quiet=QuietLog(),
+        runner = AppRunner(app, layer, ["udp.receive"], admission=Admission(5), counters=counters, quiet=QuietLog(),
                            app_timeout=app_timeout)
         runner.start()
+        timers = len(asyncio.get_running_loop()._scheduled)
         try:
-            await layer.send("udp.receive", {"type": "udp.receive", "data": b"x", "listener": "l"})
-            while runner.active == 0:
+            for data in (b"a", b"b", b"c"):
+                await layer.send("udp.receive", {"type": "udp.receive", "data": data, "listener": "l"})
+            while runner.active < 3:
                 await asyncio.sleep(0.01)
-            (instance,) = runner._instances
-            assert (instance.timer is None) == (app_timeout is None)
+            assert (runner._timeout is None) == (app_timeout is None)
+            assert len(asyncio.get_running_loop()._scheduled) - timers == (0 if app_timeout is None else 1)
             release.set()
             while runner.active:
                 await asyncio.sleep(0.01)
-            assert instance.timer is None or instance.timer.cancelled()
-            assert counters.get("app_timeouts") == 0
+            assert sorted(handled) == [b"a", b"b", b"c"] and counters.get("app_timeouts") == 0
         finally:
             runner.stop_receiving()
             await runner.drain(1)
+            assert runner._timeout is None  # nothing left armed once drained
             release.clear()
+            handled.clear()
+
+
+@aio
+async def test_each_call_times_out_at_its_own_deadline():
+    """A call started later than another is cancelled app_timeout after its own start, not with the older one."""
+    cancelled = {}
+    loop = asyncio.get_running_loop()
+
+    async def app(scope, receive, send):
+        message = await receive()
+        try:
+            await asyncio.Future()
+        except asyncio.CancelledError:
+            cancelled[message["data"]] = loop.time()
+            raise
+
+    layer, counters = InMemoryChannelLayer(), Counters()
+    runner = AppRunner(app, layer, ["udp.receive"], admission=Admission(5), counters=counters, quiet=QuietLog(),
+                       app_timeout=0.4)
+    runner.start()
+    try:
+        started = {}
+        for data in (b"first", b"second"):
+            started[data] = loop.time()
+            await layer.send("udp.receive", {"type": "udp.receive", "data": data, "listener": "l"})
+            await asyncio.sleep(0.25)
+        stop_at = loop.time() + 10
+        while len(cancelled) < 2 and loop.time() < stop_at:
+            await asyncio.sleep(0.01)
+        for data in (b"first", b"second"):
+            assert cancelled[data] - started[data] >= 0.4 - 0.02, (data, cancelled, started)
+        assert cancelled[b"second"] - cancelled[b"first"] >= 0.2  # not both at the first deadline
+        assert counters.get("app_timeouts") == 2 and runner.active == 0
+    finally:
+        runner.stop_receiving()
+        await runner.drain(1)
