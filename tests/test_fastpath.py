@@ -260,17 +260,22 @@ def test_token_index_is_tracked_from_birth():
 
 def test_only_a_whole_process_freezes_what_exists_once_started():
     """The gateway and the worker gc.freeze() once started when they are the process (signals theirs), so
-    collections stop scanning the startup heap; a service inside a test's process freezes nothing."""
+    collections stop scanning the startup heap, and collect the youngest generation less often; a service
+    inside a test's process changes neither."""
     from gateway.process import AsyncService
 
-    before = gc.get_freeze_count()
+    from gateway.process import YOUNG_COLLECTION
+
+    before, thresholds = gc.get_freeze_count(), gc.get_threshold()
     try:
         AsyncService(reactor=Clock(), signals=False).freeze_startup_objects()
-        assert gc.get_freeze_count() == before
+        assert (gc.get_freeze_count(), gc.get_threshold()) == (before, thresholds)
         AsyncService(reactor=Clock(), signals=True).freeze_startup_objects()
         assert gc.get_freeze_count() > before
+        assert gc.get_threshold() == (YOUNG_COLLECTION, *thresholds[1:])  # the older generations as they were
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def test_sizes_line_follows_the_counters():
