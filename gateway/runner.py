@@ -27,7 +27,7 @@ class InstanceEnded(BaseException):
 class _Instance:
     """One application call: its message, first from receive(); the second receive() ends it."""
 
-    __slots__ = ("message", "layer", "task", "delivered", "timed_out", "started")
+    __slots__ = ("message", "layer", "task", "delivered", "timed_out", "started", "deadline")
 
     def __init__(self, message, layer):
         self.message = message
@@ -36,6 +36,7 @@ class _Instance:
         self.delivered = False
         self.timed_out = False
         self.started = MONOTONIC.seconds()
+        self.deadline = None    # monotonic time its app_timeout ends (None: never)
 
     def time_out(self):
         """Cancel a call that ran past app_timeout (told apart from other cancels by `timed_out`)."""
@@ -66,8 +67,10 @@ class AppRunner:
     busy process stops receiving; otherwise it receives, then waits for a slot.
     Instances start eagerly: each runs until it first waits, with no loop hop.
     A call still running `app_timeout` seconds after that is cancelled and counted.
-    Every call has the same timeout and calls start in order, so they time out in
-    the order they started: one timer, for the oldest call, serves them all.
+    One timer serves every call: armed for the earliest deadline, it cancels
+    the calls past theirs and arms itself for the next (a reload changes
+    app_timeout for the calls started after it, so deadlines need not follow
+    the order calls started in).
     """
 
     def __init__(self, app, layer, channels, *, admission, counters, quiet, app_layer=None,
@@ -83,9 +86,10 @@ class AppRunner:
         self.wait_before_receive = wait_before_receive
         self._receive = as_client(layer).receive
         self._loops = []
-        self._instances = {}  # instance -> None, oldest first (dict order): the order they time out in
+        self._instances = {}  # instance -> None, oldest first
         self._loop = None
-        self._timeout = None  # the timer handle of the oldest call's app_timeout, while one is armed
+        self._timeout = None  # the timer handle of the earliest deadline, while one is armed
+        self._timeout_at = None
 
     @property
     def active(self):
@@ -116,8 +120,10 @@ class AppRunner:
         task = start_task(self._call(scope, instance), self._loop or asyncio.get_event_loop())
         if not task.done():
             instance.task = task
-            if self.app_timeout is not None and self._timeout is None:  # else armed for an older call
-                self._timeout = task.get_loop().call_later(self.app_timeout, self._time_out_due)
+            if self.app_timeout is not None:
+                instance.deadline = instance.started + self.app_timeout
+                if self._timeout is None or instance.deadline < self._timeout_at:  # else armed for an earlier one
+                    self._arm(instance.deadline, task.get_loop())
 
     async def drain(self, timeout):
         """Wait up to `timeout` seconds for in-flight calls, then cancel the rest."""
@@ -133,18 +139,25 @@ class AppRunner:
             self._timeout.cancel()
             self._timeout = None
 
+    def _arm(self, deadline, loop):
+        if self._timeout is not None:
+            self._timeout.cancel()
+        self._timeout_at = deadline
+        self._timeout = loop.call_later(max(0.0, deadline - MONOTONIC.seconds()), self._time_out_due)
+
     def _time_out_due(self):
-        """Cancel every call older than app_timeout (the oldest first); arm the timer for the next one."""
+        """Cancel every call past its deadline; arm the timer for the earliest deadline still ahead."""
         self._timeout = None
-        now = MONOTONIC.seconds()
-        for instance in self._instances:  # each time_out() only asks a cancel: nothing leaves the dict here
-            if instance.timed_out:
-                continue  # cancelled already, its task not ended yet
-            left = instance.started + self.app_timeout - now
-            if left > 0:
-                self._timeout = asyncio.get_running_loop().call_later(left, self._time_out_due)
-                return
-            instance.time_out()
+        now, earliest = MONOTONIC.seconds(), None
+        for instance in self._instances:  # time_out() only asks for a cancel: nothing leaves the dict here
+            if instance.timed_out or instance.deadline is None:
+                continue  # cancelled already (its task not ended yet), or started with no app_timeout
+            if instance.deadline <= now:
+                instance.time_out()
+            elif earliest is None or instance.deadline < earliest:
+                earliest = instance.deadline
+        if earliest is not None:
+            self._arm(earliest, asyncio.get_running_loop())
 
     def _room(self):
         """Messages this process can start now: a layer popping several takes no more, the rest stay for others."""

@@ -321,6 +321,48 @@ async def test_no_timer_with_null_and_one_timer_for_all_calls():
 
 
 @aio
+async def test_a_changed_app_timeout_applies_to_calls_started_after_it():
+    """As a reload does: a call started under app_timeout 30 keeps it, a call started after the change to
+    0.2 is cancelled at 0.2 although the older call comes first."""
+    cancelled, release = [], asyncio.Event()
+
+    async def app(scope, receive, send):
+        message = await receive()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.append(message["data"])
+            raise
+
+    layer, counters = InMemoryChannelLayer(), Counters()
+    runner = AppRunner(app, layer, ["udp.receive"], admission=Admission(5), counters=counters, quiet=QuietLog(),
+                       app_timeout=30)
+    runner.start()
+    try:
+        await layer.send("udp.receive", {"type": "udp.receive", "data": b"old", "listener": "l"})
+        while runner.active < 1:
+            await asyncio.sleep(0.01)
+        runner.app_timeout = 0.2
+        await layer.send("udp.receive", {"type": "udp.receive", "data": b"new", "listener": "l"})
+        stop_at = asyncio.get_running_loop().time() + 10
+        while not cancelled and asyncio.get_running_loop().time() < stop_at:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert cancelled == [b"new"] and runner.active == 1 and counters.get("app_timeouts") == 1
+        runner.app_timeout = None  # calls started from now on: never timed out
+        await layer.send("udp.receive", {"type": "udp.receive", "data": b"none", "listener": "l"})
+        while runner.active < 2:
+            await asyncio.sleep(0.01)
+        release.set()
+        while runner.active:
+            await asyncio.sleep(0.01)
+        assert cancelled == [b"new"]
+    finally:
+        runner.stop_receiving()
+        await runner.drain(1)
+
+
+@aio
 async def test_each_call_times_out_at_its_own_deadline():
     """A call started later than another is cancelled app_timeout after its own start, not with the older one."""
     cancelled = {}
