@@ -284,6 +284,15 @@ async def test_cancel_answered_by_raising_is_still_a_timeout():
     assert (counters.get("app_timeouts"), counters.get("app_errors")) == (1, 0)
 
 
+def started_runner(app, app_timeout):
+    """A started AppRunner (5 slots, receive mode) on a memory layer of its own: (layer, counters, runner)."""
+    layer, counters = InMemoryChannelLayer(), Counters()
+    runner = AppRunner(app, layer, ["udp.receive"], admission=Admission(5), counters=counters, quiet=QuietLog(),
+                       app_timeout=app_timeout)
+    runner.start()
+    return layer, counters, runner
+
+
 @aio
 async def test_no_timer_with_null_and_one_timer_for_all_calls():
     """With app_timeout None no timer is armed; with one, a single timer serves every call in flight, and the
@@ -296,10 +305,7 @@ async def test_no_timer_with_null_and_one_timer_for_all_calls():
         handled.append(message["data"])
 
     for app_timeout in (None, 30):
-        layer, counters = InMemoryChannelLayer(), Counters()
-        runner = AppRunner(app, layer, ["udp.receive"], admission=Admission(5), counters=counters, quiet=QuietLog(),
-                           app_timeout=app_timeout)
-        runner.start()
+        layer, counters, runner = started_runner(app, app_timeout)
         timers = len(asyncio.get_running_loop()._scheduled)
         try:
             for data in (b"a", b"b", b"c"):
@@ -334,10 +340,7 @@ async def test_a_changed_app_timeout_applies_to_calls_started_after_it():
             cancelled.append(message["data"])
             raise
 
-    layer, counters = InMemoryChannelLayer(), Counters()
-    runner = AppRunner(app, layer, ["udp.receive"], admission=Admission(5), counters=counters, quiet=QuietLog(),
-                       app_timeout=30)
-    runner.start()
+    layer, counters, runner = started_runner(app, 30)
     try:
         await layer.send("udp.receive", {"type": "udp.receive", "data": b"old", "listener": "l"})
         while runner.active < 1:
@@ -376,10 +379,7 @@ async def test_each_call_times_out_at_its_own_deadline():
             cancelled[message["data"]] = loop.time()
             raise
 
-    layer, counters = InMemoryChannelLayer(), Counters()
-    runner = AppRunner(app, layer, ["udp.receive"], admission=Admission(5), counters=counters, quiet=QuietLog(),
-                       app_timeout=0.4)
-    runner.start()
+    layer, counters, runner = started_runner(app, 0.4)
     try:
         started = {}
         for data in (b"first", b"second"):
