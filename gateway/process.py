@@ -19,8 +19,9 @@ log = Logger()
 # Net allocations between two collections of the youngest generation in a whole gateway or worker
 # process (Python's default is 700). Each collection scans every object still young, and every call
 # in flight holds a few dozen (task, coroutines, messages), so with hundreds in flight the default
-# collected them over and over: a worker draining a backlog spent 50-88 us a message with it, 50-69 with this.
+# collected them over and over: a worker draining a backlog spent 69-88 us a message with it, 50-69 with this.
 YOUNG_COLLECTION = 10_000
+
 DRAIN_TIMEOUT = 5.0     # seconds in-flight application calls get at stop
 REPORT_INTERVAL = 60.0  # seconds between counter summary lines (when they changed)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
