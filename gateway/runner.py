@@ -86,7 +86,7 @@ class AppRunner:
         self.wait_before_receive = wait_before_receive
         self._receive = as_client(layer).receive
         self._loops = []
-        self._instances = {}  # instance -> None, oldest first
+        self._instances = set()
         self._loop = None
         self._timeout = None  # the timer handle of the earliest deadline, while one is armed
         self._timeout_at = None
@@ -116,7 +116,7 @@ class AppRunner:
         """Start one instance for `message` (its slot already taken); it runs now until it first waits."""
         instance = _Instance(message, self.app_layer)
         scope = {"type": "channel", "channel": channel, "channel_layer": self.app_layer}
-        self._instances[instance] = None
+        self._instances.add(instance)
         task = start_task(self._call(scope, instance), self._loop or asyncio.get_event_loop())
         if not task.done():
             instance.task = task
@@ -149,7 +149,7 @@ class AppRunner:
         """Cancel every call past its deadline; arm the timer for the earliest deadline still ahead."""
         self._timeout = None
         now, earliest = MONOTONIC.seconds(), None
-        for instance in self._instances:  # time_out() only asks for a cancel: nothing leaves the dict here
+        for instance in self._instances:  # time_out() only asks for a cancel: nothing leaves the set here
             if instance.timed_out or instance.deadline is None:
                 continue  # cancelled already (its task not ended yet), or started with no app_timeout
             if instance.deadline <= now:
@@ -204,7 +204,7 @@ class AppRunner:
 
     def _ended(self, instance):
         self.counters.call_time.observe(MONOTONIC.seconds() - instance.started)
-        self._instances.pop(instance, None)
+        self._instances.discard(instance)
         instance.task = None  # no instance <-> task cycle once the call is over
         self.admission.release()
 
