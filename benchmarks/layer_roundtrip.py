@@ -2,10 +2,14 @@
 
     python benchmarks/layer_roundtrip.py worker BACKEND REDIS_URL
     python benchmarks/layer_roundtrip.py client BACKEND REDIS_URL PINGS COUNT WINDOW BUDGET
+    python benchmarks/layer_roundtrip.py preload BACKEND REDIS_URL COUNT REPLY_CHANNEL
 
 The worker receives `bench.receive` with the layer's own receive and
 answers each message with one layer send (up to 64 at once, as
 `udpgateway worker` would); the client prints its figures in one line.
+`preload` leaves COUNT `udp.receive` messages (64 bytes of data, replies
+to REPLY_CHANNEL) in Redis for a worker started after it, and prints
+`preloaded COUNT`.
 """
 
 import asyncio
@@ -88,9 +92,20 @@ async def client(backend, url, pings, count, window, budget):
           flush=True)
 
 
+async def preload(backend, url, count, reply_channel):
+    layer = make_layer(backend, {"hosts": [url], "channel_capacity": {"udp.receive": count}})
+    message = {"type": "udp.receive", "reply_channel": reply_channel, "data": bytes(64),
+               "client": ["127.0.0.1", 40000], "server": ["127.0.0.1", 9999], "listener": "drain"}
+    for first in range(0, count, 500):  # 500 sends at a time: one batch each on our layer
+        await asyncio.gather(*(layer.send("udp.receive", message) for _ in range(min(500, count - first))))
+    print(f"preloaded {count}", flush=True)
+
+
 def main(argv):
     if argv[0] == "worker":
         asyncio.run(worker(argv[1], argv[2]))
+    elif argv[0] == "preload":
+        asyncio.run(preload(argv[1], argv[2], int(argv[3]), argv[4]))
     else:
         backend, url, *numbers = argv[1:]
         pings, count, window = (int(n) for n in numbers[:3])

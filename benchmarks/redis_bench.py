@@ -14,9 +14,12 @@ ceiling`, runworker alone on benchmarks/null_layer.py, a layer that costs
 nothing (its receive hands out a fixed message at once, its send returns at
 once), which is as fast as runworker goes whatever the layer: Channels'
 consumer hops to a thread (close_old_connections) before each message and
-runworker handles one message at a time. Each UDP row sends 64-byte
-datagrams with 64 in flight, bounded in count and time; the ceiling row
-times 20,000 messages after a warm-up (no latencies: p50 and p99 are nan).
+runworker handles one message at a time; and `runworker drain`, runworker
+alone on our layer answering messages preloaded in Redis: what our layer
+costs runworker without a gateway, redis-server and a client on the same
+cores. Each UDP row sends 64-byte datagrams with 64 in flight, bounded in
+count and time; the ceiling row times 20,000 messages after a warm-up, the
+drain row 8,000 (no latencies: p50 and p99 are nan).
 The last line holds the headline figures. "CPU us/rt" is the CPU time of every
 process of the row (redis-server and the client included) per answered
 round trip: it depends less than the rate on what else the machine runs. Every process it started (redis-server
@@ -46,6 +49,9 @@ OURS = "gateway.layers.batching.BatchingRedisChannelLayer"
 NULL = "null_layer.NullLayer"  # benchmarks/null_layer.py
 CEILING = "runworker ceiling"
 AHEAD_0 = "runworker ahead 0"  # our layer with send_ahead 0: every reply waits for Redis
+DRAIN = "runworker drain"  # runworker alone on our layer, answering messages preloaded in Redis
+DRAIN_REPLIES = "udp.send.drain!x"  # where the drained messages ask for their replies
+WARM_UP = 1000  # messages a drain answers before its clock starts (Django's imports, the thread of sync_to_async)
 MOONSHOT = 50_000
 GATEWAY_READY = r"listener echo \(plain\) on \S+:(\d+)"
 
@@ -74,7 +80,7 @@ def rows(smoke):
     """(name, kind, backend, workers) of every measurement, in table order."""
     if smoke:
         return [("bare stock", "bare", STOCK, 1), ("gateway+2 ours", "gateway", OURS, 2),
-                ("runworker ours", "runworker", OURS, 1), (CEILING, "ceiling", NULL, 1)]
+                ("runworker ours", "runworker", OURS, 1), (CEILING, "ceiling", NULL, 1), (DRAIN, "drain", OURS, 1)]
     return [
         ("bare stock", "bare", STOCK, 1),
         ("bare ours", "bare", OURS, 1),
@@ -86,6 +92,7 @@ def rows(smoke):
         ("runworker ours", "runworker", OURS, 1),
         (AHEAD_0, "runworker", OURS, 1),
         (CEILING, "ceiling", NULL, 1),
+        (DRAIN, "drain", OURS, 1),
     ]
 
 
@@ -185,6 +192,38 @@ def run_ceiling_row(backend, processes, args):
     return float(values["rate"]), messages, float(values["cpu_us"]) * messages / 1e6
 
 
+def run_drain_row(backend, redis_port, processes, args, redis_pid):
+    """`manage.py runworker` alone on `backend`, answering messages preloaded in Redis: (rate, answered,
+    CPU seconds of runworker and redis-server) from its WARM_UP-th answer to its last."""
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    total = WARM_UP + args.drain  # below the example's channel_capacity (10,000) for the replies
+    subprocess.run([sys.executable, str(HERE / "layer_roundtrip.py"), "preload", backend, url, str(total), DRAIN_REPLIES],
+                   check=True, capture_output=True, timeout=60)
+    env = dict(os.environ, **environment(redis_port, backend), PYTHONPATH=str(REPO))
+    runworker = subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
+                                 cwd=str(REPO / "examples" / "django_worker"), env=env, stdout=subprocess.DEVNULL)
+    CHILDREN.append(runworker)  # stopped by PID with the others, whatever happens
+    processes.append(runworker)
+    pids = [redis_pid, runworker.pid]
+    key = b"asgi" + DRAIN_REPLIES.split("!")[0].encode() + b"!"  # channels_redis' key of every `udp.send.drain!` channel
+    deadline = time.monotonic() + args.budget + 60  # Django starts first
+    start = None
+    answered = 0
+    with socket.create_connection(("127.0.0.1", redis_port), timeout=5) as redis, redis.makefile("rb") as replies:
+        while time.monotonic() < deadline and runworker.poll() is None:
+            redis.sendall(b"ZCARD " + key + b"\r\n")  # an inline command; the answer is ":N\r\n"
+            answered = int(replies.readline()[1:])
+            if start is None and answered >= WARM_UP:
+                start = (time.perf_counter(), cpu_seconds(pids), answered)
+            if answered >= total:
+                break
+            time.sleep(0.005)
+    if start is None or answered < total:
+        raise RuntimeError(f"runworker answered {answered} of {total} preloaded messages in time")
+    elapsed, cpu = time.perf_counter() - start[0], cpu_seconds(pids) - start[1]
+    return (answered - start[2]) / elapsed, answered - start[2], cpu
+
+
 def measure(row, redis, redis_pid, tmp, args):
     name, kind, backend, workers = row
     processes = []
@@ -195,6 +234,9 @@ def measure(row, redis, redis_pid, tmp, args):
         elif kind == "ceiling":
             rate, answered, cpu = run_ceiling_row(backend, processes, args)
             sent, p50, p99 = answered, float("nan"), float("nan")  # every message it handed out is answered
+        elif kind == "drain":
+            rate, answered, cpu = run_drain_row(backend, redis, processes, args, redis_pid)
+            sent, p50, p99 = answered, float("nan"), float("nan")
         else:
             times, rate, answered, sent, cpu = run_udp_row(name, kind, backend, workers, redis, tmp, processes, args,
                                                            redis_pid)
@@ -222,6 +264,8 @@ def ceiling_part(by_name):
         part += f" = {ceiling / stock:.1f} x stock runworker"
     if by_name.get("runworker ours"):
         part += f", ours at {100 * by_name['runworker ours'] / ceiling:.0f}% of it"
+    if by_name.get(DRAIN):
+        part += f", ours alone draining Redis {by_name[DRAIN]:,.0f}/s = {100 * by_name[DRAIN] / ceiling:.0f}% of it"
     return part
 
 
@@ -246,7 +290,7 @@ def headline(results):
     if ours2_cpu:
         parts.append(f"gateway+2 ours costs {ours2_cpu:.0f} us CPU per round trip = {cores * 1e6 / ours2_cpu:,.0f}/s "
                      f"on {cores} idle cores")
-    round_trips = [r["rate"] for r in results if r["name"] != CEILING]  # the ceiling row has no UDP round trip
+    round_trips = [r["rate"] for r in results if r["name"] not in (CEILING, DRAIN)]  # no UDP round trip in those
     if round_trips:
         best = max(round_trips)
         parts.append(f"moonshot {MOONSHOT:,}/s: best {best:,.0f}/s = {100 * best / MOONSHOT:.0f}%")
@@ -280,6 +324,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.pings, args.count, args.window, args.budget = (20, 200, 16, 5.0) if args.smoke else (500, 40000, 64, 20.0)
     args.ceiling = 2000 if args.smoke else 20000  # messages the ceiling row times, after its warm-up
+    args.drain = 1000 if args.smoke else 8000  # messages the drain row times, after WARM_UP
     selected = [r for r in rows(args.smoke) if not args.only or args.only in r[0]]
     rounds = []
     signal.signal(signal.SIGTERM, _terminated)

@@ -71,16 +71,18 @@ def test_core_benchmark_smoke():
 
 
 def test_redis_benchmark_smoke():
-    """benchmarks/redis_bench.py --smoke measures a bare layer round trip, a gateway + 2 workers, runworker and
-    runworker's ceiling on a layer that costs nothing, and leaves none of the processes it started running."""
+    """benchmarks/redis_bench.py --smoke measures a bare layer round trip, a gateway + 2 workers, runworker,
+    runworker's ceiling on a layer that costs nothing and runworker alone draining Redis on our layer, and
+    leaves none of the processes it started running."""
     if shutil.which("redis-server") is None:
         skip_or_fail("redis-server is not installed (apt-get install redis-server)")
     status, out, err = run_in_own_group([sys.executable, BENCHMARKS / "redis_bench.py", "--smoke"], BOUND)
     assert status == 0, out + err
-    for row in ("bare stock", "gateway+2 ours", "runworker ours", "runworker ceiling"):
+    for row in ("bare stock", "gateway+2 ours", "runworker ours", "runworker ceiling", "runworker drain"):
         assert row in out, out
     assert out.splitlines()[-1].startswith("headline: ")
     assert "runworker ceiling (a layer that costs nothing)" in out.splitlines()[-1], out
+    assert "ours alone draining Redis" in out.splitlines()[-1], out
 
 
 def test_redis_benchmark_repeats_rows_and_gives_their_medians():
