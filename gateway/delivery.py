@@ -18,6 +18,11 @@ class Delivery:
     application sees exactly what the layer would have handed it. Otherwise
     sends run in `senders` tasks pulling from one bounded queue; the layer is a
     LayerClient, so they share `max_layer_sends` with the application's sends.
+
+    `on_token(token)` (layers without prefix receive: the pump's watch) may
+    return an awaitable done once a receive on the new reply channel began;
+    the datagram's send waits for it, so that a pub/sub layer subscribes to
+    the reply channel before the datagram can reach a worker.
     """
 
     def __init__(self, layer, tokens, prefix, channels, *, senders, counters, quiet, runner=None,
@@ -63,31 +68,33 @@ class Delivery:
         if self.runner is not None and not self.admission.try_acquire():
             self._drop("concurrency", "max_concurrency application calls are running", datagram.listener)
             return
-        message = self._message(datagram)
+        message, begun = self._message(datagram)
         channel = self.channels[datagram.listener]
         if self.runner is not None:
             self.runner.run(channel, message)
             return
         try:
-            self._queue.put_nowait((channel, message))
+            self._queue.put_nowait((channel, message, begun))
         except asyncio.QueueFull:
             self._drop("queue_full", "the queue of layer sends is full", datagram.listener)
 
     def _message(self, datagram):
+        """(the udp.receive message, what its send waits for first or None)."""
         token = self.tokens.token_for((datagram.listener, datagram.client), stored_route(datagram))
-        if self.on_token is not None:
-            self.on_token(token)
+        begun = None if self.on_token is None else self.on_token(token)
         if self.budget is not None:
             self.budget.received(token, datagram.listener, len(datagram.data))
         return build_receive(
             data=datagram.data, client=datagram.client, server=datagram.server,
             listener=datagram.listener, reply_channel=self.prefix + token, interface=datagram.interface,
-        )
+        ), begun
 
     async def _send_loop(self):
         while True:
-            channel, message = await self._queue.get()
+            channel, message, begun = await self._queue.get()
             try:
+                if begun is not None:
+                    await begun
                 await self.layer.send(channel, message)
             except asyncio.CancelledError:
                 raise

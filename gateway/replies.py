@@ -1,6 +1,7 @@
 """The reply pump: ONE loop drains every reply channel of this process into the listeners."""
 
 import asyncio
+import functools
 
 from twisted.logger import Logger
 
@@ -85,10 +86,24 @@ class ReplyPump:
             self.handle(channel, message)
 
     def watch(self, token):
-        """Layers without prefix receive: start a receive for a new reply channel."""
+        """Layers without prefix receive: start a receive for a new reply channel.
+
+        Returns a future done once that receive began (or its task ended
+        first), None when the channel has one already. Sending the datagram
+        only then keeps its replies from being published before a pub/sub
+        layer subscribed: its receive subscribes before it first yields, and
+        its subscribes and publishes take turns in call order.
+        """
         if self.prefix_receive or token in self._watchers:
-            return
-        self._watchers[token] = asyncio.ensure_future(self._loop(self._receiver(self.prefix + token)))
+            return None
+        begun = asyncio.get_running_loop().create_future()
+        task = self._watchers[token] = asyncio.ensure_future(self._watch(self._receiver(self.prefix + token), begun))
+        task.add_done_callback(functools.partial(_settle, begun))  # cancelled before it ran: nobody waits forever
+        return begun
+
+    async def _watch(self, receive, begun):
+        begun.set_result(None)  # those waiting run after this step, which reaches the layer's subscribe
+        await self._loop(receive)
 
     def unwatch(self, token):
         task = self._watchers.pop(token, None)
@@ -180,3 +195,8 @@ class DirectReplies:
             self._pump.handle(channel, message)
             return
         await self.inner.send(channel, message)
+
+
+def _settle(future, _task):
+    if not future.done():
+        future.set_result(None)

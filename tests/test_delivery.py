@@ -7,6 +7,7 @@ from twisted.internet.task import Clock
 from gateway.admission import Admission
 from gateway.delivery import SEND_QUEUE, Delivery
 from gateway.layers import ChannelFull, InMemoryChannelLayer, LayerClient
+from gateway.replies import ReplyPump
 from gateway.runner import AppRunner
 from gateway.stats import Counters, QuietLog
 from gateway.tokens import TokenTable
@@ -49,6 +50,22 @@ class HeldLayer:
         await self.release.wait()
         self.waiting -= 1
         self.sent.append((channel, message))
+
+
+class PubSubLikeLayer:
+    """Like RedisPubSubChannelLayer: a receive subscribes its channel before it first waits, and a message
+    sent to a channel nobody subscribed to is lost; sends answer at once. No receive_single (no prefix receive)."""
+
+    def __init__(self):
+        self.subscribed = set()
+        self.sent = []  # (reply channel, whether it was subscribed when its datagram was sent)
+
+    async def receive(self, channel):
+        self.subscribed.add(channel)
+        await asyncio.get_running_loop().create_future()  # no reply ever comes in this test
+
+    async def send(self, channel, message):
+        self.sent.append((message["reply_channel"], message["reply_channel"] in self.subscribed))
 
 
 class FailingLayer:
@@ -223,3 +240,47 @@ async def test_stop_flushes_queued_sends_then_refuses_datagrams():
     got = [(await asyncio.wait_for(layer.receive("udp.receive"), 5))["data"] for _ in range(5)]
     assert got == [b"0", b"1", b"2", b"3", b"4"]
     assert counters.snapshot() == {"received": 6, "dropped_not_ready": 1}
+
+
+@aio
+async def test_a_new_clients_datagram_is_sent_after_its_reply_channel_is_subscribed():
+    """Without prefix receive, the pump subscribes each new reply channel before its first datagram goes out,
+    even when one sender takes several new clients' datagrams in a row (a pub/sub reply would otherwise be lost)."""
+    layer = PubSubLikeLayer()
+    tokens = TokenTable(max_entries=100, ttl=60, clock=Clock())
+    pump = ReplyPump(layer, PREFIX, tokens, {}, {}, counters=Counters(), quiet=QuietLog(clock=Clock()))
+    delivery = Delivery(layer, tokens, PREFIX, {"echo": "udp.receive"}, senders=1, counters=Counters(),
+                        quiet=QuietLog(clock=Clock()), on_token=pump.watch)
+    pump.start()
+    delivery.start()
+    delivery.ready = True
+    for port in range(40000, 40005):  # five new clients in one turn, then one of them again
+        delivery(datagram(b"first", client=("192.0.2.7", port)))
+    delivery(datagram(b"again", client=("192.0.2.7", 40000)))
+    await delivery.flush()
+    delivery.stop()
+    pump.stop()
+    assert len(layer.sent) == 6 and len({channel for channel, _ in layer.sent}) == 5
+    assert all(subscribed for _, subscribed in layer.sent), layer.sent
+
+
+@aio
+async def test_a_watch_cancelled_before_it_ran_does_not_hold_the_datagram():
+    """A reply channel forgotten (its receive cancelled) before the receive began: the datagram is still sent."""
+    layer = PubSubLikeLayer()
+    tokens = TokenTable(max_entries=100, ttl=60, clock=Clock())
+    pump = ReplyPump(layer, PREFIX, tokens, {}, {}, counters=Counters(), quiet=QuietLog(clock=Clock()))
+
+    def watch_then_forget(token):
+        begun = pump.watch(token)
+        pump.unwatch(token)
+        return begun
+
+    delivery = Delivery(layer, tokens, PREFIX, {"echo": "udp.receive"}, senders=1, counters=Counters(),
+                        quiet=QuietLog(clock=Clock()), on_token=watch_then_forget)
+    delivery.start()
+    delivery.ready = True
+    delivery(datagram(b"forgotten"))
+    await delivery.flush()
+    delivery.stop()
+    assert [subscribed for _, subscribed in layer.sent] == [False]

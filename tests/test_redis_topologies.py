@@ -294,23 +294,34 @@ def test_idle_gateway_and_worker_still_answer(tmp_path, processes, redis, core_b
 
 
 def test_pubsub_layer_replies_and_warns(tmp_path, processes, redis):
-    """RedisPubSubChannelLayer: replies work through per-token receives; every worker answers every datagram."""
+    """RedisPubSubChannelLayer: replies work through per-token receives; every worker answers every datagram,
+    the first datagrams of new clients too (their reply channels are subscribed before the datagrams go out)."""
     path = write_config(tmp_path, redis.url, backend=PUBSUB_BACKEND)
     gateway, address, _ = start_gateway(processes, path)
     gateway.wait_for("one receive per live reply channel (costs more per client)")
     workers = [processes.start(worker_process(path)) for _ in range(2)]
     for worker in workers:
         worker.wait_for("delivers each message to every worker")
-    with Clients(10) as clients:
-        clients.until_answered(address)
-        sent = clients.burst(50, address)
-        clients.answered(sent, copies=2)
-        clients.flush(address, copies=2)  # a third copy of any datagram would have come by now
-        replies = [r for r in clients.replies if tag(r)[0] in set(sent)]
-    assert {tag(r)[0] for r in replies} == set(sent)
-    per_datagram = Counter(tag(r)[0] for r in replies)
-    assert set(per_datagram.values()) == {2}, per_datagram  # once per worker, as documented
-    assert all(r.source == address for r in replies)
+    with Clients(1) as probe:  # until a probe is answered by both workers: both subscribed to udp.receive
+        for i in range(int(DEADLINE)):
+            probe.send(0, b"both%d" % i, address)
+            try:
+                probe.answered([b"both%d" % i], 1.0, copies=2)
+                break
+            except AssertionError:
+                continue  # a worker not subscribed yet
+        else:
+            raise AssertionError(f"no probe was answered by both workers within {DEADLINE} s")
+    for round_ in range(5):  # each round: 10 clients the gateway never saw, 50 datagrams at once
+        with Clients(10) as clients:
+            sent = clients.burst(50, address, prefix=b"r%dm" % round_)
+            clients.answered(sent, copies=2)
+            clients.flush(address, copies=2)  # a third copy of any datagram would have come by now
+            replies = [r for r in clients.replies if tag(r)[0] in set(sent)]
+        assert {tag(r)[0] for r in replies} == set(sent)
+        per_datagram = Counter(tag(r)[0] for r in replies)
+        assert set(per_datagram.values()) == {2}, per_datagram  # once per worker, as documented
+        assert all(r.source == address for r in replies)
     stop_all(gateway, *workers)
 
 
