@@ -197,8 +197,10 @@ def run_drain_row(backend, redis_port, processes, args, redis_pid):
     CPU seconds of runworker and redis-server) from its WARM_UP-th answer to its last."""
     url = f"redis://127.0.0.1:{redis_port}/0"
     total = WARM_UP + args.drain  # below the example's channel_capacity (10,000) for the replies
-    subprocess.run([sys.executable, str(HERE / "layer_roundtrip.py"), "preload", backend, url, str(total), DRAIN_REPLIES],
-                   check=True, capture_output=True, timeout=60)
+    done = subprocess.run([sys.executable, str(HERE / "layer_roundtrip.py"), "preload", backend, url, str(total),
+                           DRAIN_REPLIES], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"preloading {total} messages failed:\n{done.stdout}{done.stderr[-4000:]}")
     env = dict(os.environ, **environment(redis_port, backend), PYTHONPATH=str(REPO))
     runworker = subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
                                  cwd=str(REPO / "examples" / "django_worker"), env=env, stdout=subprocess.DEVNULL)
