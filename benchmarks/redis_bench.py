@@ -285,6 +285,8 @@ def headline(results):
                         if by_name.get(AHEAD_0) else ""))
     if by_name.get(CEILING):
         parts.append(ceiling_part(by_name))
+    elif by_name.get(DRAIN):
+        parts.append(f"runworker alone on our layer draining Redis {by_name[DRAIN]:,.0f}/s")
     if "bare stock" in by_name:
         parts.append(f"bare stock round trip {by_name['bare stock']:,.0f}/s")
     cores = os.cpu_count() or 1
