@@ -119,6 +119,15 @@ def start_with(env, argv, pattern, cwd, ready=None):
     return start(argv, pattern, cwd, env, ready)
 
 
+def start_runworker(env, processes, **output):
+    """`manage.py runworker udp.receive` of examples/django_worker, stopped by PID with the others whatever happens."""
+    runworker = subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
+                                 cwd=str(REPO / "examples" / "django_worker"), env=env, **output)
+    CHILDREN.append(runworker)
+    processes.append(runworker)
+    return runworker
+
+
 def run_udp_row(name, kind, backend, workers, redis_port, tmp, processes, args, redis_pid):
     """Start a gateway (on our layer for runworker rows) and its workers; measure over UDP."""
     config = str(REPO / "examples" / "redis.yaml")
@@ -132,11 +141,7 @@ def run_udp_row(name, kind, backend, workers, redis_port, tmp, processes, args, 
         env["SEND_AHEAD"] = "0"  # the example's settings read it
     for _ in range(workers):
         if kind == "runworker":  # it logs nothing when ready: the warm-up below waits for its first answer
-            runworker = subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
-                                         cwd=str(REPO / "examples" / "django_worker"),
-                                         env=dict(os.environ, **env, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL)
-            CHILDREN.append(runworker)  # stopped by PID with the others, whatever happens
-            processes.append(runworker)
+            start_runworker(dict(os.environ, **env, PYTHONPATH=str(REPO)), processes, stdout=subprocess.DEVNULL)
         else:
             argv = [str(BIN / "udpgateway"), "worker", "-c", config]
             processes.append(start_with(env, argv, r"udpgateway worker consuming", tmp)[0])
@@ -173,11 +178,7 @@ def run_ceiling_row(backend, processes, args):
     """`manage.py runworker` alone on a layer that costs nothing: (rate, messages, CPU seconds) it reports."""
     env = dict(os.environ, CHANNEL_LAYER_BACKEND=backend, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]),
                NULL_LAYER_MESSAGES=str(args.ceiling), NULL_LAYER_BUDGET=str(args.budget))
-    runworker = subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
-                                 cwd=str(REPO / "examples" / "django_worker"), env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    CHILDREN.append(runworker)  # stopped by PID with the others, whatever happens
-    processes.append(runworker)
+    runworker = start_runworker(env, processes, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     bound = args.budget + 60  # the layer ends the process `budget` s after its first receive; Django starts first
     try:
         out, err = runworker.communicate(timeout=bound)
@@ -202,10 +203,7 @@ def run_drain_row(backend, redis_port, processes, args, redis_pid):
     if done.returncode != 0:
         raise RuntimeError(f"preloading {total} messages failed:\n{done.stdout}{done.stderr[-4000:]}")
     env = dict(os.environ, **environment(redis_port, backend), PYTHONPATH=str(REPO))
-    runworker = subprocess.Popen([sys.executable, "manage.py", "runworker", "udp.receive"],
-                                 cwd=str(REPO / "examples" / "django_worker"), env=env, stdout=subprocess.DEVNULL)
-    CHILDREN.append(runworker)  # stopped by PID with the others, whatever happens
-    processes.append(runworker)
+    runworker = start_runworker(env, processes, stdout=subprocess.DEVNULL)
     pids = [redis_pid, runworker.pid]
     key = b"asgi" + DRAIN_REPLIES.split("!")[0].encode() + b"!"  # channels_redis' key of every `udp.send.drain!` channel
     deadline = time.monotonic() + args.budget + 60  # Django starts first
